@@ -1,0 +1,81 @@
+"""Shared plumbing of the command-line scripts: one-line errors, recipes, argument checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import h5py
+
+from physdiff.data import DataError
+from physdiff.training import CheckpointError
+
+__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run"]
+
+
+class UsageError(ValueError):
+    """A bad flag value or input; the message names the flag or file and what was expected."""
+
+
+def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+        argv: Sequence[str] | None = None) -> None:
+    """Parse, run, and turn expected failures into one line on stderr and exit code 2
+    (the full traceback with --debug)."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (UsageError, DataError, CheckpointError, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def apply_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """If argv holds `--recipe FILE`, use the JSON object in FILE as defaults (explicit flags
+    still win). Unknown keys are an error."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.recipe is None:
+        return
+    try:
+        recipe = json.loads(known.recipe.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        parser.error(f"--recipe {known.recipe}: cannot read a JSON object ({err})")
+    valid = {a.dest for a in parser._actions}
+    unknown = sorted(set(recipe) - valid)
+    if unknown:
+        parser.error(f"--recipe {known.recipe}: unknown keys {unknown}")
+    parser.set_defaults(**recipe)
+
+
+def positive(kind: type = int) -> Callable[[str], int | float]:
+    """argparse type: a number > 0."""
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        return value
+    return parse
+
+
+def non_negative(kind: type = float) -> Callable[[str], int | float]:
+    """argparse type: a number ≥ 0."""
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+        return value
+    return parse
+
+
+def is_hdf5(path: Path) -> bool:
+    return path.suffix in (".h5", ".hdf5") or h5py.is_hdf5(path)

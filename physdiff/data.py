@@ -1,0 +1,169 @@
+"""The HDF5 trajectory schema (one module owns it), its reader and writer, and a window Dataset.
+
+File layout, schema 1:
+    /x        float32 (N, K + 1, *state), one chunk per trajectory: x[:, k] is the state at k·dt
+    attrs     schema, simulator, dt, g, n_steps, seed, split, norm_mean, norm_std, version,
+              params (JSON: every physics parameter of the simulator)
+States are stored normalised: x = (raw − norm_mean) / norm_std, with the statistics of the
+training split, and g is in those normalised units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SCHEMA", "DataError", "Metadata", "Trajectories", "WindowDataset", "read",
+           "read_metadata", "write"]
+
+SCHEMA = 1
+_REQUIRED = ("schema", "simulator", "dt", "g", "n_steps", "seed", "split", "norm_mean",
+             "norm_std", "version", "params")
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    simulator: str
+    dt: float
+    g: float
+    n_steps: int
+    seed: int
+    split: str
+    norm_mean: float
+    norm_std: float
+    version: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t_final(self) -> float:
+        return self.dt * self.n_steps
+
+    def times(self) -> Tensor:
+        """t_0..t_K, shape (K + 1,), float64."""
+        return self.dt * torch.arange(self.n_steps + 1, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    x: Tensor  # (N, K + 1, *state), float32
+    meta: Metadata
+
+
+def write(path: Path, x: Tensor | np.ndarray, meta: Metadata) -> None:
+    """Write trajectories atomically: to `<path>.tmp`, then rename, so no reader ever sees a
+    truncated file under the final name.
+
+    Arguments:
+        x: Trajectories, shape (N, K + 1, *state).
+    """
+    path = Path(path)
+    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float32)
+    if x.ndim < 3 or x.shape[1] != meta.n_steps + 1:
+        raise DataError(f"{path}: expected trajectories (N, {meta.n_steps + 1}, *state), "
+                        f"got {x.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+        attrs = asdict(meta)
+        attrs["params"] = json.dumps(meta.params, sort_keys=True)
+        f.attrs.update(schema=SCHEMA, **attrs)
+    os.replace(tmp, path)
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}") from None
+
+
+def _metadata(f: h5py.File, path: Path, simulator: str | None) -> Metadata:
+    missing = [k for k in _REQUIRED if k not in f.attrs]
+    if "schema" in f.attrs and int(f.attrs["schema"]) != SCHEMA:
+        raise DataError(f"{path}: schema version {int(f.attrs['schema'])}, expected {SCHEMA}")
+    if missing:
+        raise DataError(f"{path}: not a physdiff trajectory file (missing attributes "
+                        f"{', '.join(missing)})")
+    if "x" not in f:
+        raise DataError(f"{path}: missing dataset 'x' (trajectories)")
+    a = f.attrs
+    meta = Metadata(simulator=str(a["simulator"]), dt=float(a["dt"]), g=float(a["g"]),
+                    n_steps=int(a["n_steps"]), seed=int(a["seed"]), split=str(a["split"]),
+                    norm_mean=float(a["norm_mean"]), norm_std=float(a["norm_std"]),
+                    version=str(a["version"]), params=json.loads(str(a["params"])))
+    if simulator is not None and meta.simulator != simulator:
+        raise DataError(f"{path}: data from simulator '{meta.simulator}', expected '{simulator}'")
+    shape = f["x"].shape
+    if len(shape) < 3 or shape[1] != meta.n_steps + 1:
+        raise DataError(f"{path}: dataset 'x' has shape {shape}, expected "
+                        f"(N, n_steps + 1 = {meta.n_steps + 1}, *state)")
+    return meta
+
+
+def read_metadata(path: Path, simulator: str | None = None) -> tuple[Metadata, tuple[int, ...]]:
+    """Validate a file and return its metadata and the shape of `x`, without reading the data."""
+    path = Path(path)
+    with _open(path) as f:
+        return _metadata(f, path, simulator), tuple(f["x"].shape)
+
+
+def read(path: Path, simulator: str | None = None, limit: int | None = None) -> Trajectories:
+    """Read and validate a trajectory file (optionally only the first `limit` trajectories)."""
+    path = Path(path)
+    with _open(path) as f:
+        meta = _metadata(f, path, simulator)
+        try:
+            x = f["x"][:limit] if limit is not None else f["x"][()]
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"{path}: dataset 'x' cannot be read (truncated file?): {err}") from None
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: dataset 'x' contains NaN or Inf")
+    return Trajectories(torch.from_numpy(x), meta)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows of S + 1 consecutive states (x_{k−S}, …, x_k) and their end time t_k.
+
+    Every window end k = S..K is used, so windows reach the first state x_0. The HDF5 file is
+    opened lazily in each process (HDF5 handles are not fork-safe).
+
+    Item: (window (S + 1, *state) float32, t_k () float32).
+    """
+
+    def __init__(self, path: Path, window: int) -> None:
+        self.path = Path(path)
+        self.meta, shape = read_metadata(self.path)
+        if not 1 <= window <= self.meta.n_steps:
+            raise DataError(f"{self.path}: window {window} outside 1..{self.meta.n_steps}")
+        self.window, self.n_traj = window, shape[0]
+        self._file: h5py.File | None = None
+
+    def __len__(self) -> int:
+        return self.n_traj * (self.meta.n_steps - self.window + 1)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        per_traj = self.meta.n_steps - self.window + 1
+        i, j = divmod(index, per_traj)
+        end = j + self.window
+        x = torch.from_numpy(self._file["x"][i, end - self.window:end + 1])
+        return x, torch.tensor(end * self.meta.dt, dtype=torch.float32)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}

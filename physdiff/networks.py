@@ -1,0 +1,99 @@
+"""Score networks: nn.Modules whose output is the score ∇log p_t itself (method.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from physdiff.sde import expand_like
+
+__all__ = ["PeriodicScoreNet", "TimeEmbedding"]
+
+
+class TimeEmbedding(nn.Module):
+    """t ∈ [0, T] -> (B, width): sinusoidal features of t / T followed by a small MLP."""
+
+    def __init__(self, width: int, t_max: float, n_freq: int = 16) -> None:
+        super().__init__()
+        self.t_max = t_max
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq) / 4, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freq + 1, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        tau = (t / self.t_max)[:, None]
+        angles = tau * self.freqs.to(t)
+        return self.mlp(torch.cat([tau, angles.sin(), angles.cos()], dim=1))
+
+
+class _Block(nn.Module):
+    """Residual block: two 3×3 circular convolutions, FiLM from the time embedding."""
+
+    def __init__(self, width: int, emb: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, padding_mode="circular")
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, padding_mode="circular")
+        self.film = nn.Linear(emb, 2 * width)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, e: Tensor) -> Tensor:
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
+        y = self.conv1(self.act(h)) * (1 + scale) + shift
+        return h + self.conv2(self.act(y))
+
+
+class PeriodicScoreNet(nn.Module):
+    """Score of time-dependent fields on a periodic grid, s_θ(x, t) ≈ ∇log p_t(x).
+
+    Two branches, summed:
+    - a residual CNN with circular padding, FiLM-conditioned on t, with t / T also fed as an
+      extra input channel (method.md §3) for the non-linear part;
+    - a spectral branch, a per-Fourier-mode complex multiplier produced from t (one Fourier layer,
+      Li et al. 2021, arXiv:2010.08895). The score of a stationary Gaussian field is exactly such
+      a multiplier, so linear-Gaussian physics is representable without a huge receptive field.
+
+    The output is multiplied by a fixed `out_scale` (use 1 / (g √dt)): the score of a one-step
+    reverse kernel is O(1 / (g √dt)), so the last layers stay O(1) (output preconditioning, as
+    in Karras et al. 2022). The module's output is the score itself.
+
+    Shapes: x (B, C, H, W), t (B,) -> (B, C, H, W). H and W are fixed at construction.
+    """
+
+    def __init__(self, channels: int, size: tuple[int, int], t_max: float, out_scale: float,
+                 width: int = 32, depth: int = 4, emb: int = 64, spectral: bool = True) -> None:
+        super().__init__()
+        self.channels, self.size = channels, tuple(size)
+        self.register_buffer("out_scale", torch.tensor(float(out_scale)))
+        self.embed = TimeEmbedding(emb, t_max)
+        self.t_max = t_max
+        self.inp = nn.Conv2d(channels + 1, width, 3, padding=1, padding_mode="circular")
+        self.blocks = nn.ModuleList(_Block(width, emb) for _ in range(depth))
+        self.out = nn.Conv2d(width, channels, 3, padding=1, padding_mode="circular")
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.spectral = None
+        if spectral:
+            h, w = self.size
+            self.spectral = nn.Linear(emb, 2 * channels * h * (w // 2 + 1))
+            nn.init.zeros_(self.spectral.weight)
+            nn.init.zeros_(self.spectral.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if x.shape[1:] != (self.channels, *self.size):
+            raise ValueError(
+                f"score network expects states of shape (B, {self.channels}, {self.size[0]}, "
+                f"{self.size[1]}), got {tuple(x.shape)}"
+            )
+        e = self.embed(t)
+        h = self.inp(torch.cat([x, expand_like(t / self.t_max, x).expand_as(x[:, :1])], dim=1))
+        for block in self.blocks:
+            h = block(h, e)
+        y = self.out(torch.nn.functional.silu(h))
+        if self.spectral is not None:
+            hh, ww = self.size
+            weights = self.spectral(e).reshape(-1, self.channels, hh, ww // 2 + 1, 2)
+            multiplier = torch.view_as_complex(weights.contiguous())
+            x_hat = torch.fft.rfft2(x)
+            y = y + torch.fft.irfft2(multiplier * x_hat, s=(hh, ww))
+        return y * self.out_scale

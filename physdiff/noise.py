@@ -1,0 +1,73 @@
+"""Calibrated reverse-step noise for periodic fields.
+
+The textbook reverse step adds g √dt z. That is the right conditional variance only for modes the
+physics barely changes within one step. Where one forward step contracts a mode strongly (heat:
+exp(−|k|² dt) ≈ 0.2 at |k| = 16 on heat-32) the exact reverse kernel p(x_k | x_{k+1}) is far
+wider than g² dt (it tends to the prior there), and the textbook sampler comes out too smooth at
+high |k|. The fix used here, in the spirit of Analytic-DPM, is to use as reverse-step noise the
+covariance of the one-step residual r = x_k − E_θ[x_k | x_{k+1}] measured on training data:
+E[r rᵀ] = E Var(x_k | x_{k+1}) when the learned mean is right (law of total variance). For
+translation-invariant statistics on a periodic grid that covariance is diagonal in Fourier space:
+one spectrum per step. For linear-Gaussian physics this sampler is exact ancestral sampling.
+
+References:
+    Bao et al. (2022), Analytic-DPM: an analytic estimate of the optimal reverse variance in
+    diffusion probabilistic models, arXiv:2201.06503
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from physdiff.samplers import Noise
+from physdiff.sde import Drift
+
+__all__ = ["residual_spectra", "spectral_noise"]
+
+
+@torch.no_grad()
+def residual_spectra(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
+                     batch_size: int = 256) -> Tensor:
+    """E|r̂_k|² of the one-step residual r_k = x_k − (x_{k+1} − dt f(x_{k+1}, t_{k+1})), per step.
+
+    Arguments:
+        drift: Reverse drift f (c = 1).
+        trajectories: Data, shape (N, K + 1, *state), state ending in (H, W).
+        times: t_0..t_K, shape (K + 1,).
+
+    Returns:
+        Spectra, shape (K, *state), index k for the step t_{k+1} -> t_k; unnormalised-FFT units
+        (white noise of variance σ² per component has spectrum σ² H W).
+    """
+    n, k_plus_1 = trajectories.shape[:2]
+    total = torch.zeros((k_plus_1 - 1, *trajectories.shape[2:]), dtype=torch.float64)
+    for start in range(0, n, batch_size):
+        traj = trajectories[start:start + batch_size]
+        b = traj.shape[0]
+        x_next = traj[:, 1:].reshape(-1, *traj.shape[2:])
+        t_next = times[1:].to(traj).repeat(b)
+        r = traj[:, :-1].reshape(-1, *traj.shape[2:]) - (x_next - dt * drift(x_next, t_next))
+        power = torch.fft.fft2(r.double()).abs().square().reshape(b, k_plus_1 - 1, *r.shape[1:])
+        total += power.sum(0).cpu()
+    return total / n
+
+
+def spectral_noise(spectra: Tensor) -> Noise:
+    """Reverse-step noise with per-step Fourier power `spectra` (K, *state).
+
+    Step i of a reverse grid t_K -> t_0 goes from t_{K−i} to t_{K−i−1}, data step k = K − 1 − i:
+    noise = Re ifft2(√spectra_k · fft2(z) / √(HW)), z ~ N(0, I) real, so E|n̂|² = spectra_k.
+    """
+    amplitude = spectra.sqrt()
+    n_steps = spectra.shape[0]
+
+    def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        h, w = x.shape[-2:]
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        amp = amplitude[n_steps - 1 - i].to(device=x.device)
+        return torch.fft.ifft2(amp * torch.fft.fft2(z) / math.sqrt(h * w)).real.to(x.dtype)
+
+    return noise

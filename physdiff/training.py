@@ -1,0 +1,113 @@
+"""The training loop as a generator of metrics, the rollout curriculum, and checkpoints.
+
+Practice from the reference (method.md §3): Adam, element-wise gradient clipping, updates with
+non-finite gradients skipped and counted, learning rate lowered in the last (fine-tuning) stage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckpointError", "Stage", "fit", "load_checkpoint", "save_checkpoint", "stage_at"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A curriculum stage: `steps` updates with rollout length `rollout` (1 = one-step loss)."""
+
+    rollout: int
+    steps: int
+    lr_factor: float = 1.0
+
+
+def stage_at(stages: Sequence[Stage], step: int) -> Stage:
+    """The stage that update number `step` (0-based) belongs to."""
+    for stage in stages:
+        if step < stage.steps:
+            return stage
+        step -= stage.steps
+    return stages[-1]
+
+
+def fit(
+    parameters: Sequence[nn.Parameter],
+    loss_fn: Callable[[int, torch.Generator], Tensor],
+    optimizer: torch.optim.Optimizer,
+    stages: Sequence[Stage],
+    lr: float,
+    generator: torch.Generator,
+    start_step: int = 0,
+    skipped: int = 0,
+    clip: float = 10.0,
+) -> Iterator[dict[str, Any]]:
+    """Run the curriculum from `start_step`, yielding metrics after every update.
+
+    Arguments:
+        parameters: The trained parameters (gradients clipped element-wise to ±clip).
+        loss_fn: (rollout length, generator) -> scalar loss on a fresh batch.
+        generator: Owns every random draw of batching, so that a resumed run repeats an
+            uninterrupted one exactly (save its state with the checkpoint).
+        skipped: Non-finite updates skipped before start_step.
+
+    Yields:
+        {"step", "loss", "rollout", "lr", "skipped"} after each update; "step" counts updates done.
+    """
+    total = sum(s.steps for s in stages)
+    for step in range(start_step, total):
+        stage = stage_at(stages, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * stage.lr_factor
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(stage.rollout, generator)
+        loss.backward()
+        finite = math.isfinite(loss.item())
+        for p in parameters:
+            if p.grad is not None:
+                finite = finite and bool(torch.isfinite(p.grad).all())
+                p.grad.clamp_(-clip, clip)
+        if finite:
+            optimizer.step()
+        else:
+            skipped += 1
+        yield {"step": step + 1, "loss": loss.item(), "rollout": stage.rollout,
+               "lr": lr * stage.lr_factor, "skipped": skipped}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what was expected."""
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """torch.save to `<path>.tmp`, then rename: an interrupted save never truncates `path`.
+
+    The state must hold only tensors, numbers, strings and containers of them, so that
+    `load_checkpoint` can use weights_only=True.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    for key in ("model", "config", "step"):
+        if key not in state:
+            raise CheckpointError(f"{path}: not a physdiff checkpoint (no '{key}')")
+    return state
