@@ -25,6 +25,7 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     """Parse, run, and turn expected failures into one line on stderr and exit code 2
     (the full traceback with --debug)."""
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    one_line_errors(parser)
     args = parser.parse_args(argv)
     try:
         main(args)
@@ -38,9 +39,18 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
         sys.exit(130)
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make argparse report a bad flag as one line (no usage block), exit code 2."""
+    def error(message: str) -> None:
+        print(f"error: {parser.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    parser.error = error  # type: ignore[method-assign]
+
+
 def apply_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     """If argv holds `--recipe FILE`, use the JSON object in FILE as defaults (explicit flags
     still win). Unknown keys are an error."""
+    one_line_errors(parser)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", type=Path)
     known, _ = pre.parse_known_args(argv)

@@ -75,11 +75,15 @@ def write(path: Path, x: Tensor | np.ndarray, meta: Metadata) -> None:
                         f"got {x.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
-        attrs = asdict(meta)
-        attrs["params"] = json.dumps(meta.params, sort_keys=True)
-        f.attrs.update(schema=SCHEMA, **attrs)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+            attrs = asdict(meta)
+            attrs["params"] = json.dumps(meta.params, sort_keys=True)
+            f.attrs.update(schema=SCHEMA, **attrs)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -119,17 +123,20 @@ def read_metadata(path: Path, simulator: str | None = None) -> tuple[Metadata, t
     """Validate a file and return its metadata and the shape of `x`, without reading the data."""
     path = Path(path)
     with _open(path) as f:
-        return _metadata(f, path, simulator), tuple(f["x"].shape)
+        try:
+            return _metadata(f, path, simulator), tuple(f["x"].shape)
+        except (KeyError, OSError, RuntimeError) as err:
+            raise DataError(f"{path}: corrupt HDF5 file ({err})") from None
 
 
 def read(path: Path, simulator: str | None = None, limit: int | None = None) -> Trajectories:
     """Read and validate a trajectory file (optionally only the first `limit` trajectories)."""
     path = Path(path)
     with _open(path) as f:
-        meta = _metadata(f, path, simulator)
         try:
+            meta = _metadata(f, path, simulator)
             x = f["x"][:limit] if limit is not None else f["x"][()]
-        except (OSError, RuntimeError) as err:
+        except (KeyError, OSError, RuntimeError) as err:
             raise DataError(f"{path}: dataset 'x' cannot be read (truncated file?): {err}") from None
     if not np.isfinite(x).all():
         raise DataError(f"{path}: dataset 'x' contains NaN or Inf")

@@ -28,9 +28,9 @@ def mse(x: Tensor, y: Tensor) -> float:
     return (x.double() - y.double()).square().mean().item()
 
 
-def _abs_k(h: int, w: int) -> Tensor:
-    ky = torch.fft.fftfreq(h, 1 / h, dtype=torch.float64)
-    kx = torch.fft.fftfreq(w, 1 / w, dtype=torch.float64)
+def _abs_k(h: int, w: int, device: torch.device | None = None) -> Tensor:
+    ky = torch.fft.fftfreq(h, 1 / h, dtype=torch.float64, device=device)
+    kx = torch.fft.fftfreq(w, 1 / w, dtype=torch.float64, device=device)
     return torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
 
 
@@ -44,10 +44,10 @@ def radial_amplitude(x: Tensor, n_bins: int) -> Tensor:
         Shape (..., n_bins), float64.
     """
     h, w = x.shape[-2:]
-    r = _abs_k(h, w).round().long().flatten()
+    r = _abs_k(h, w, x.device).round().long().flatten()
     amp = torch.fft.fft2(x.double()).abs().flatten(-2)
     keep = r < n_bins
-    sums = torch.zeros((*amp.shape[:-1], n_bins), dtype=torch.float64)
+    sums = amp.new_zeros((*amp.shape[:-1], n_bins))
     sums.index_add_(-1, r[keep], amp[..., keep])
     counts = torch.bincount(r[keep], minlength=n_bins).clamp_min(1)
     return sums / counts
@@ -89,9 +89,10 @@ def fourier_components(x: Tensor, mask: Tensor) -> Tensor:
     modes, always zero, left out): (..., H, W) -> (..., D)."""
     h, w = x.shape[-2:]
     x_hat = torch.fft.fft2(x.double())
-    ky = torch.arange(h)[:, None]
-    kx = torch.arange(w)[None, :]
+    ky = torch.arange(h, device=x.device)[:, None]
+    kx = torch.arange(w, device=x.device)[None, :]
     self_conjugate = ((2 * ky) % h == 0) & ((2 * kx) % w == 0)
+    mask = mask.to(x.device)
     return torch.cat([x_hat.real[..., mask], x_hat.imag[..., mask & ~self_conjugate]], dim=-1)
 
 
@@ -103,6 +104,7 @@ def interval_coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> flo
         samples: Shape (B, n, D).
         truth: Shape (B, D).
     """
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype,
+                     device=samples.device)
     lo, hi = torch.quantile(samples, q, dim=1)
     return ((truth >= lo) & (truth <= hi)).double().mean().item()

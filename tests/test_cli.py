@@ -1,0 +1,137 @@
+"""The command-line chain generate -> train -> infer on a tiny case, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import generate
+import infer
+import train
+
+TINY = ["--n-train", "12", "--n-valid", "4", "--n-test", "3", "--size", "8", "--steps", "4",
+        "--t-final", "0.05", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate.main([*TINY, "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--data", str(data), "--out", str(out), "--preset", "tiny", "--device", "cpu"])
+    return out
+
+
+def _error(capsys: pytest.CaptureFixture[str], fn: object, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        fn(argv)  # type: ignore[operator]
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_generate_writes_normalised_splits_and_is_reproducible(data: Path, tmp_path: Path) -> None:
+    with h5py.File(data / "train.h5") as f:
+        x = f["x"][()]
+        assert x.shape == (12, 5, 1, 8, 8) and x.dtype == np.float32
+        assert f.attrs["simulator"] == "heat" and f.attrs["n_steps"] == 4
+        assert json.loads(f.attrs["params"])["exponent"] == 4.0
+        # normalised by the training split's initial states
+        assert abs(x[:, 0].std() - 1) < 0.05 and abs(x[:, 0].mean()) < 1e-6
+    generate.main([*TINY, "--out", str(tmp_path)])
+    with h5py.File(data / "test.h5") as a, h5py.File(tmp_path / "test.h5") as b:
+        np.testing.assert_array_equal(a["x"][()], b["x"][()])
+
+
+def test_generate_recipe_reproduces_heat32_convention(tmp_path: Path) -> None:
+    recipe = json.loads((Path(__file__).parents[1] / "datasets/heat-32.json").read_text())
+    assert recipe == {"simulator": "heat", "n_train": 2500, "n_valid": 500, "n_test": 500,
+                      "size": 32, "exponent": 4.0, "t_final": 0.2, "steps": 32, "g": 0.1,
+                      "seed": 0}
+
+
+def test_train_writes_checkpoint_log_and_calibration(trained: Path) -> None:
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 10 and state["noise_spectra"].shape == (4, 1, 8, 8)
+    assert (state["noise_spectra"] > 0).all()
+    rows = [json.loads(ln) for ln in (trained / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 10 and "val_loss" in rows[-1]
+    assert (trained / "loss.png").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(data: Path, trained: Path,
+                                                             tmp_path: Path) -> None:
+    argv = ["--data", str(data), "--out", str(tmp_path), "--preset", "tiny", "--device", "cpu"]
+    train.main([*argv, "--stop-after", "7"])  # stops mid-stage-2 with a checkpoint
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 7
+    train.main([*argv, "--resume"])
+    a = torch.load(trained / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def test_infer_writes_samples_and_metrics(data: Path, trained: Path, tmp_path: Path) -> None:
+    infer.main(["--checkpoint", str(trained / "checkpoint.pt"), "--data", str(data / "test.h5"),
+                "--n-samples", "4", "--out", str(tmp_path), "--device", "cpu"])
+    with h5py.File(tmp_path / "posterior.h5") as f:
+        assert f["samples"].shape == (3, 4, 1, 8, 8)
+        assert f["ode"].shape == f["mean_path"].shape == f["truth"].shape == (3, 1, 8, 8)
+        assert np.isfinite(f["samples"][()]).all()
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"sde", "ode", "mean_path", "exact_mean"} <= set(report)
+    assert (tmp_path / "posterior.png").exists() and (tmp_path / "spectra.png").exists()
+
+
+def test_infer_on_user_npy(trained: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "obs.npy", np.zeros((2, 8, 8), dtype=np.float32))
+    infer.main(["--checkpoint", str(trained / "checkpoint.pt"), "--observed",
+                str(tmp_path / "obs.npy"), "--n-samples", "2", "--out", str(tmp_path / "o")])
+    with h5py.File(tmp_path / "o/posterior.h5") as f:
+        assert f["samples"].shape == (2, 2, 1, 8, 8) and "truth" not in f
+
+
+def test_bad_input_gives_one_line_errors(data: Path, trained: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = str(trained / "checkpoint.pt")
+    err = _error(capsys, train.main, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert "nope/train.h5" in err and "no such file" in err
+    # a finished run is not overwritten without --resume
+    err = _error(capsys, train.main, ["--data", str(data), "--out", str(trained),
+                                      "--preset", "tiny"])
+    assert "--resume" in err
+    np.save(tmp_path / "nan.npy", np.full((1, 8, 8), np.nan, dtype=np.float32))
+    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--observed",
+                                      str(tmp_path / "nan.npy"), "--out", str(tmp_path / "o")])
+    assert "NaN" in err and "nan.npy" in err
+    np.save(tmp_path / "big.npy", np.zeros((1, 16, 16), dtype=np.float32))
+    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--observed",
+                                      str(tmp_path / "big.npy"), "--out", str(tmp_path / "o")])
+    assert "(1, 16, 16)" in err and "(1, 8, 8)" in err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    err = _error(capsys, infer.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--data",
+                                      str(data / "test.h5"), "--out", str(tmp_path / "o")])
+    assert "bad.pt" in err
+    err = _error(capsys, generate.main, ["--steps", "-3", "--out", str(tmp_path / "g")])
+    assert "--steps" in err
+    err = _error(capsys, train.main, ["--data", str(data), "--out", str(tmp_path / "t"),
+                                      "--stages", "1:5,9:5"])
+    assert "rollout 9" in err
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros((1, 5, 1, 8, 8), dtype=np.float32)
+        f.attrs.update(schema=99)
+    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--data", str(tmp_path / "other.h5"),
+                                      "--out", str(tmp_path / "o")])
+    assert "schema version 99" in err

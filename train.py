@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Train a score network s_θ(x, t) through the physics drift, with a rollout curriculum.
+
+The curriculum is a list of stages ROLLOUT:STEPS; rollout 1 is the one-step loss, longer rollouts
+are the multi-step loss integrated with torchdiffeq through the physics (method.md §3). The last
+stage runs at --final-lr-factor × --lr (fine-tuning).
+
+Examples:
+    python train.py --data runs/demo/data --out runs/demo --preset demo
+    python train.py --data datasets/heat-32 --out runs/heat-32 --preset heat-32 --resume
+    python train.py --data datasets/heat-32 --out runs/one-step --stages 1:20000
+
+Outputs in --out: checkpoint.pt (model, optimiser, step, RNG state, config, normalisation, noise
+calibration), config.json, log.jsonl (one JSON line per logged step), loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cli import UsageError, positive, run
+from physdiff.data import Metadata, read
+from physdiff.losses import multi_step_loss, one_step_loss
+from physdiff.noise import residual_spectra
+from physdiff.sde import reverse_drift
+from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
+from systems import code_version, pick_device, system_for
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # a few minutes on 2 CPU cores
+    "demo": {"stages": "1:1500,4:300,8:200", "batch_size": 32, "lr": 1e-3, "width": 24,
+             "depth": 3},
+    # the heat-32 benchmark model (about an hour on 2 CPU cores)
+    "heat-32": {"stages": "1:12000,4:2000,8:2000,16:1500,32:1000", "batch_size": 32,
+                "lr": 1e-3, "width": 32, "depth": 4},
+    # seconds: for tests
+    "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    stages: str = "1:3000,4:500,8:500"
+    batch_size: int = 32
+    lr: float = 1e-3
+    final_lr_factor: float = 0.5
+    clip: float = 10.0
+    width: int = 32
+    depth: int = 4
+    spectral: bool = True
+    method: str = "euler"
+    augment: bool = True
+    val_every: int = 250
+    seed: int = 0
+    calibration_trajectories: int = 512
+
+
+# flags that may change on --resume without changing the result
+RUNTIME_FLAGS = ("device", "resume", "stop_after", "save_every", "debug", "out", "preset")
+
+
+def parse_stages(text: str, final_lr_factor: float) -> list[Stage]:
+    stages = []
+    try:
+        for item in text.split(","):
+            rollout, steps = (int(v) for v in item.split(":"))
+            stages.append(Stage(rollout, steps))
+    except ValueError:
+        raise UsageError(f"--stages {text!r}: expected ROLLOUT:STEPS[,ROLLOUT:STEPS...]") from None
+    if not stages or any(s.rollout < 1 or s.steps < 1 for s in stages):
+        raise UsageError(f"--stages {text!r}: rollouts and step counts must be >= 1")
+    last = stages[-1]
+    stages[-1] = Stage(last.rollout, last.steps, final_lr_factor)
+    return stages
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with train.h5 and valid.h5")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for the flags below")
+    p.add_argument("--stages", help="curriculum ROLLOUT:STEPS,... (default 1:3000,4:500,8:500)")
+    p.add_argument("--batch-size", type=positive(int))
+    p.add_argument("--lr", type=positive(float), help="Adam learning rate")
+    p.add_argument("--final-lr-factor", type=positive(float), default=0.5)
+    p.add_argument("--clip", type=positive(float), default=10.0, help="element-wise grad clip")
+    p.add_argument("--width", type=positive(int))
+    p.add_argument("--depth", type=positive(int))
+    p.add_argument("--no-spectral", dest="spectral", action="store_false",
+                   help="drop the network's Fourier-multiplier branch")
+    p.add_argument("--method", default="euler", choices=["euler", "midpoint", "rk4"],
+                   help="torchdiffeq method of multi-step rollouts (euler = discrete steps)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random rotations / flips / translations")
+    p.add_argument("--val-every", type=positive(int), default=250)
+    p.add_argument("--save-every", type=positive(int), default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibration-trajectories", type=positive(int), default=512,
+                   help="training trajectories used to calibrate the reverse-step noise")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--stop-after", type=positive(int),
+                   help="stop (with a checkpoint) after this many updates in this invocation")
+    return p
+
+
+def make_config(args: argparse.Namespace) -> TrainConfig:
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:  # preset keys have no argparse default: given means typed
+            values[f.name] = given
+    values["data"] = str(args.data)
+    return TrainConfig(**values)
+
+
+class Batches:
+    """Random windows from in-memory trajectories; every draw uses the given generator."""
+
+    def __init__(self, x: torch.Tensor, meta: Metadata, system: Any, device: torch.device,
+                 augment: bool) -> None:
+        self.x, self.meta, self.system, self.device, self.augment = x, meta, system, device, augment
+
+    def __call__(self, batch_size: int, rollout: int, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, k_plus_1 = self.x.shape[:2]
+        traj = torch.randint(0, n, (batch_size,), generator=generator)
+        end = torch.randint(rollout, k_plus_1, (batch_size,), generator=generator)
+        steps = end[:, None] - rollout + torch.arange(rollout + 1)
+        window = self.x[traj[:, None], steps]
+        if self.augment:
+            window = self.system.augment(window, generator)
+        t_end = end.double() * self.meta.dt
+        return window.to(self.device), t_end.to(self.device, window.dtype)
+
+
+def _log_lines_upto(log: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint an interrupted run resumes)."""
+    if log.exists():
+        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(args: argparse.Namespace) -> None:
+    cfg = make_config(args)
+    stages = parse_stages(cfg.stages, cfg.final_lr_factor)
+    device = pick_device(args.device)
+    data = read(args.data / "train.h5")
+    valid = read(args.data / "valid.h5", simulator=data.meta.simulator)
+    if max(s.rollout for s in stages) > data.meta.n_steps:
+        raise UsageError(f"--stages: rollout {max(s.rollout for s in stages)} exceeds the "
+                         f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
+    system = system_for(data.meta, data.x.shape[2:])
+    torch.manual_seed(cfg.seed)  # network initialisation
+    model = system.score_net(cfg.width, cfg.depth, cfg.spectral).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
+    start, skipped = 0, 0
+    if ckpt_path.exists():
+        if not args.resume:
+            raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+        state = load_checkpoint(ckpt_path)
+        if state["config"] != asdict(cfg):
+            diff = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items()
+                    if state["config"].get(k) != v}
+            raise UsageError(f"{ckpt_path}: was trained with other settings {diff} "
+                             "(old, new); use the same flags or another --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, skipped = state["step"], state["skipped"]
+        _log_lines_upto(log_path, start)
+        if state.get("noise_spectra") is not None and start >= sum(s.steps for s in stages):
+            print(f"{ckpt_path}: training already complete ({start} updates)")
+            return
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    drift = reverse_drift(system.physics_drift(), model, data.meta.g, c=1.0)
+    batches = Batches(data.x, data.meta, system, device, cfg.augment)
+    dt, g = data.meta.dt, data.meta.g
+
+    def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
+        window, t_end = batches(cfg.batch_size, rollout, gen)
+        if rollout == 1:
+            return one_step_loss(drift, window[:, 0], window[:, 1], t_end, dt, g)
+        return multi_step_loss(drift, window, t_end, dt, g, cfg.method)
+
+    val = valid.x[:64].to(device)
+    val_times = valid.meta.times()[1:].to(device, val.dtype).repeat(val.shape[0])
+
+    @torch.no_grad()
+    def validate() -> float:
+        model.eval()
+        loss = one_step_loss(drift, val[:, :-1].flatten(0, 1), val[:, 1:].flatten(0, 1),
+                             val_times, dt, g).item()
+        model.train()
+        return loss
+
+    def save(step: int, noise_spectra: torch.Tensor | None = None) -> None:
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        step=step, skipped=skipped, generator=generator.get_state(),
+                        config=asdict(cfg), meta=asdict(data.meta),
+                        state_shape=list(data.x.shape[2:]), version=code_version(),
+                        noise_spectra=noise_spectra)
+
+    total = sum(s.steps for s in stages)
+    stop_at = min(total, start + args.stop_after) if args.stop_after else total
+    interrupted = []
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    step, t0 = start, time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None)
+    with log_path.open("a") as log:
+        for metrics in fit(list(model.parameters()), loss_fn, optimizer, stages, cfg.lr,
+                           generator, start, skipped, cfg.clip):
+            step, skipped = metrics["step"], metrics["skipped"]
+            if step % cfg.val_every == 0 or step == total:
+                metrics["val_loss"] = validate()
+            if step % 10 == 0 or "val_loss" in metrics:
+                metrics["time"] = round(time.perf_counter() - t0, 2)
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", S=metrics["rollout"], skipped=skipped)
+            if step % args.save_every == 0:
+                save(step)
+            if step >= stop_at or interrupted:
+                break
+    bar.close()
+    if step < total:
+        save(step)
+        print(f"stopped at update {step}/{total}; continue with --resume")
+        return
+    model.eval()
+    n_cal = min(cfg.calibration_trajectories, data.x.shape[0])
+    spectra = residual_spectra(drift, data.x[:n_cal].to(device), data.meta.times(), dt)
+    save(step, spectra)
+    print(f"trained {total} updates ({skipped} skipped as non-finite) in "
+          f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
+          f"checkpoint {ckpt_path}")
+    plot_log(log_path, args.out / "loss.png")
+
+
+def plot_log(log: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in log.read_text().splitlines() if ln]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label="train")
+    val = [r for r in rows if "val_loss" in r]
+    ax.semilogy([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="valid (one-step)")
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss / (g² dt)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(train, parser(), argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
