@@ -72,18 +72,24 @@ RUNTIME_FLAGS = ("device", "resume", "stop_after", "save_every", "debug", "out",
 
 
 def parse_stages(text: str, final_lr_factor: float) -> list[Stage]:
+    """'ROLLOUT:STEPS[:LR_FACTOR],...' -> stages; the last stage without an explicit factor gets
+    `final_lr_factor`, the others 1."""
     stages = []
     try:
         for item in text.split(","):
-            rollout, steps = (int(v) for v in item.split(":"))
-            stages.append(Stage(rollout, steps))
+            parts = item.split(":")
+            if len(parts) not in (2, 3):
+                raise ValueError
+            factor = float(parts[2]) if len(parts) == 3 else None
+            stages.append((int(parts[0]), int(parts[1]), factor))
     except ValueError:
-        raise UsageError(f"--stages {text!r}: expected ROLLOUT:STEPS[,ROLLOUT:STEPS...]") from None
-    if not stages or any(s.rollout < 1 or s.steps < 1 for s in stages):
-        raise UsageError(f"--stages {text!r}: rollouts and step counts must be >= 1")
-    last = stages[-1]
-    stages[-1] = Stage(last.rollout, last.steps, final_lr_factor)
-    return stages
+        raise UsageError(f"--stages {text!r}: expected ROLLOUT:STEPS[:LR_FACTOR],...") from None
+    if not stages or any(r < 1 or n < 1 or (f is not None and f <= 0) for r, n, f in stages):
+        raise UsageError(f"--stages {text!r}: rollouts and step counts must be >= 1, learning-"
+                         "rate factors > 0")
+    last = len(stages) - 1
+    return [Stage(r, n, f if f is not None else (final_lr_factor if i == last else 1.0))
+            for i, (r, n, f) in enumerate(stages)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,10 +97,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="folder with train.h5 and valid.h5")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for the flags below")
-    p.add_argument("--stages", help="curriculum ROLLOUT:STEPS,... (default 1:3000,4:500,8:500)")
+    p.add_argument("--stages", help="curriculum ROLLOUT:STEPS[:LR_FACTOR],... "
+                   "(default 1:3000,4:500,8:500)")
     p.add_argument("--batch-size", type=positive(int))
     p.add_argument("--lr", type=positive(float), help="Adam learning rate")
-    p.add_argument("--final-lr-factor", type=positive(float), default=0.5)
+    p.add_argument("--final-lr-factor", type=positive(float), default=0.5,
+                   help="learning-rate factor of the last stage, unless it names its own")
     p.add_argument("--clip", type=positive(float), default=10.0, help="element-wise grad clip")
     p.add_argument("--width", type=positive(int))
     p.add_argument("--depth", type=positive(int))

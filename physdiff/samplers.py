@@ -94,11 +94,14 @@ def probability_flow(drift: Drift, x: Tensor, ts: Tensor, method: str = "euler",
 
 
 def langevin_corrector(score: Drift, snr: float = 0.1) -> Corrector:
-    """One Langevin step per time: x ← x + ε s(x, t) + √(2ε) z, ε = 2 (r ‖z‖ / ‖s‖)² per sample.
+    """One Langevin step per time: x ← x + ε s(x, t) + √(2ε) z, ε = 2 (r ‖z‖ / ‖s‖)².
 
-    The step size follows Song et al. (2021, Algorithm 4) with signal-to-noise ratio r. Note that
-    it targets the marginal p_t, not p(x_t | x_T): in posterior sampling from one observation it
-    pulls towards the prior marginal, so keep r small.
+    The step size follows Song et al. (2021, Algorithm 4) with signal-to-noise ratio r, with the
+    norms averaged over the batch as in their code: one ε for the whole batch. A per-sample ε,
+    computed from that sample's own ‖s(x)‖, would change the chain's invariant density from π to
+    ∝ ‖x‖² π^{d/(d+2)} (tested in tests/test_samplers.py). Note that the corrector targets the
+    marginal p_t, not p(x_t | x_T): in posterior sampling from one observation it pulls towards
+    the prior marginal, so keep r small.
 
     References:
         Song et al. (2021), Score-Based Generative Modeling through SDEs, arXiv:2011.13456
@@ -107,9 +110,8 @@ def langevin_corrector(score: Drift, snr: float = 0.1) -> Corrector:
     def correct(x: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
         s = score(x, t)
         z = _randn(x, generator)
-        dims = tuple(range(1, x.ndim))
-        s_norm = s.square().sum(dims, keepdim=True).sqrt()
-        z_norm = z.square().sum(dims, keepdim=True).sqrt()
+        s_norm = s.flatten(1).norm(dim=1).mean()
+        z_norm = z.flatten(1).norm(dim=1).mean()
         eps = 2 * (snr * z_norm / s_norm.clamp_min(1e-12)) ** 2
         return x + eps * s + (2 * eps).sqrt() * z
 

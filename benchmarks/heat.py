@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""heat-32 against the Bayes limit: physdiff's posterior next to the exact one (method.md §5).
+
+Generates the dataset from its recipe (kept when up to date), trains the benchmark model (multi-step
+curriculum) and a one-step-only model with the same number of updates (both resumable: rerun the
+same command after an interruption), then evaluates on the test end states with n posterior samples
+each. Prints a table and writes it as JSON.
+
+Rows: exact posterior mean and samples (the Bayes limit); physdiff's conditional-mean path,
+PF-ODE, reverse SDE with calibrated noise (with and without a Langevin corrector) and with the
+textbook white noise; the one-step-only model; the naive inverse physics with no score.
+
+Examples:
+    python benchmarks/heat.py                 # full heat-32: about an hour on 2 CPU cores
+    python benchmarks/heat.py --quick         # heat-demo data and the demo preset: minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from physdiff.data import read
+from physdiff.samplers import euler_maruyama
+from systems import code_version, pick_device
+from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIGS = {
+    "full": {"recipe": "datasets/heat-32.json", "data": "datasets/heat-32", "preset": "heat-32",
+             "out": "benchmarks/results/heat-32"},
+    "quick": {"recipe": "datasets/heat-demo.json", "data": "runs/bench-quick/data",
+              "preset": "demo", "out": "benchmarks/results/heat-quick"},
+}
+
+COLUMNS = [("mse", "MSE"), ("mse_per_sample", "MSE/sample"), ("mse_of_mean", "MSE of mean"),
+           ("recon_mse", "recon MSE"), ("spectral_error", "spec err")]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small data and model: minutes")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
+    p.add_argument("--n-samples", type=int, default=16)
+    p.add_argument("--corrector-snr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=1000, help="samples integrated at once")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
+    return p
+
+
+def _script(*argv: str) -> float:
+    """Run one of the project's scripts; return its wall time."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def train_model(data: Path, out: Path, extra: list[str], device: str) -> float:
+    """Train (or resume, or find complete) a model; return total training wall time in seconds,
+    summed over the invocations that did work (kept in out/wall_time.json)."""
+    record = out / "wall_time.json"
+    spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
+    ckpt = out / "checkpoint.pt"
+    done = ckpt.exists() and torch.load(ckpt, weights_only=True).get("noise_spectra") is not None
+    if not done:
+        spent += _script("train.py", "--data", str(data), "--out", str(out), "--resume",
+                         "--device", device, *extra)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps({"seconds": spent}) + "\n")
+        os.replace(tmp, record)
+    return spent
+
+
+def naive_inverse(model: Model, x_T: torch.Tensor) -> torch.Tensor:
+    """The backward physics step 2x − S(x) applied K times, no score, no noise."""
+    drift = model.drift(score=lambda x, t: torch.zeros_like(x))
+    return euler_maruyama(drift, x_T.double(), model.times(x_T.device).double(), model.meta.g,
+                          noise=lambda x, i, gen: torch.zeros_like(x)).float()
+
+
+def evaluate_all(args: argparse.Namespace, main: Path, one_step: Path, test: Path,
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+    model = load_model(main, device)
+    data = read(test, simulator="heat", limit=args.limit)
+    x_0, x_T = data.x[:, 0], data.x[:, -1]
+    exact = model.system.exact_posterior(x_T)
+    n, m = args.n_samples, x_T.shape[0]
+    x_T_dev = x_T.to(device)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add_samples(name: str, samples: torch.Tensor, seconds: float | None = None) -> None:
+        rows[name] = evaluate(model.system, x_0, x_T, samples=samples.cpu(), exact=exact)
+        if seconds is not None:
+            rows[name]["seconds_per_sample"] = seconds / (m * n)
+
+    def add_point(name: str, point: torch.Tensor, seconds: float | None = None) -> None:
+        rows[name] = evaluate(model.system, x_0, x_T, point=point.cpu())
+        if seconds is not None:
+            rows[name]["seconds_per_sample"] = seconds / m
+
+    add_point("exact posterior mean", exact.mean[:, None])
+    add_samples("exact posterior samples",
+                exact.sample(n, torch.Generator().manual_seed(1))[:, :, None].float())
+    add_point("physdiff mean path", *timed(lambda: reconstruct(model, x_T_dev, "mean",
+                                                                batch_size=args.batch_size)))
+    add_point("physdiff PF-ODE", *timed(lambda: reconstruct(model, x_T_dev, "ode",
+                                                             batch_size=args.batch_size)))
+    for name, noise, snr in [("physdiff SDE", "calibrated", 0.0),
+                             ("physdiff SDE + corrector", "calibrated", args.corrector_snr),
+                             ("physdiff SDE, white noise", "white", 0.0)]:
+        gen = torch.Generator(device).manual_seed(2)
+        add_samples(name, *timed(lambda noise=noise, snr=snr, gen=gen: sample_posterior(
+            model, x_T_dev, n, gen, noise, snr, args.batch_size)))
+    one = load_model(one_step, device)
+    gen = torch.Generator(device).manual_seed(2)
+    add_samples("one-step loss only: SDE", *timed(lambda: sample_posterior(
+        one, x_T_dev, n, gen, "calibrated", 0.0, args.batch_size)))
+    add_point("one-step loss only: mean path", reconstruct(one, x_T_dev, "mean",
+                                                           batch_size=args.batch_size))
+    add_point("naive inverse physics", naive_inverse(model, x_T_dev))
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, Any]], ref: dict[str, float]) -> None:
+    bands = [k for k in rows["exact posterior samples"] if k.startswith("var_ratio")]
+    cover = [k for k in rows["exact posterior samples"] if k.startswith("coverage90")]
+    head = (f"{'':32s}" + "".join(f"{label:>12s}" for _, label in COLUMNS)
+            + f"{'×Bayes':>8s}" + "".join(f"{'var ' + b.split()[1]:>12s}" for b in bands)
+            + "".join(f"{'cov ' + c.split()[1]:>12s}" for c in cover) + f"{'s/sample':>10s}")
+    print(head)
+    for name, row in rows.items():
+        cells = [f"{row[k]:12.4g}" if k in row else f"{'':12s}" for k, _ in COLUMNS]
+        if "mse" in row:
+            ratio = row["mse"] / ref["mse"]
+        else:
+            ratio = row["mse_per_sample"] / ref["mse_per_sample"]
+        cells.append(f"{ratio:8.3f}" if math.isfinite(ratio) and ratio < 1e4 else f"{'>1e4':>8s}")
+        cells += [f"{row[k]:12.3f}" if k in row else f"{'':12s}" for k in bands + cover]
+        cells.append(f"{row['seconds_per_sample']:10.4f}" if "seconds_per_sample" in row
+                     else f"{'':10s}")
+        print(f"{name:32s}" + "".join(cells))
+    print("×Bayes: MSE over the exact posterior mean's (point estimates), or MSE per sample over "
+          "exact posterior samples' (samplers).")
+
+
+def main() -> None:
+    args = parser().parse_args()
+    cfg = CONFIGS["quick" if args.quick else "full"]
+    out = ROOT / (args.out or cfg["out"])
+    device = pick_device(args.device)
+    data = ROOT / cfg["data"]
+    _script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
+    t_main = train_model(data, out / "model", ["--preset", cfg["preset"]], args.device)
+    preset_steps = sum(int(s.split(":")[1]) for s in _preset(cfg["preset"])["stages"].split(","))
+    t_one = train_model(data, out / "one-step", ["--preset", cfg["preset"], "--stages",
+                                                 f"1:{preset_steps}"], args.device)
+    print(f"evaluating on {data / 'test.h5'} ({args.n_samples} samples per state)")
+    rows = evaluate_all(args, out / "model" / "checkpoint.pt", out / "one-step" / "checkpoint.pt",
+                        data / "test.h5", device)
+    ref = {"mse": rows["exact posterior mean"]["mse"],
+           "mse_per_sample": rows["exact posterior samples"]["mse_per_sample"]}
+    print_table(rows, ref)
+    result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
+              "version": code_version(), "device": str(device),
+              "torch_threads": torch.get_num_threads(),
+              "train_seconds": {"physdiff": t_main, "one-step loss only": t_one},
+              "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "heat.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out / "heat.json")
+    print(f"training: physdiff {t_main / 60:.1f} min, one-step only {t_one / 60:.1f} min; "
+          f"wrote {out / 'heat.json'}")
+
+
+def _preset(name: str) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from train import PRESETS
+
+    return PRESETS[name]
+
+
+if __name__ == "__main__":
+    main()
