@@ -1,0 +1,79 @@
+"""The training loop: curriculum, learning rates, clipping, non-finite updates, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cli import UsageError
+from physdiff.training import (
+    CheckpointError,
+    Stage,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+    stage_at,
+)
+from train import parse_stages
+
+
+def test_stage_at_walks_the_curriculum() -> None:
+    stages = [Stage(1, 3), Stage(4, 2), Stage(8, 1)]
+    assert [stage_at(stages, i).rollout for i in range(7)] == [1, 1, 1, 4, 4, 8, 8]
+
+
+def test_parse_stages_with_learning_rate_factors() -> None:
+    assert parse_stages("1:10,4:5:0.2,8:3", 0.5) == [Stage(1, 10, 1.0), Stage(4, 5, 0.2),
+                                                      Stage(8, 3, 0.5)]
+    assert parse_stages("1:10,8:3:2", 0.5)[-1] == Stage(8, 3, 2.0)  # explicit factor wins
+    for bad in ("1:10,4", "0:5", "1:0", "a:b", "1:5:0", "1:2:3:4"):
+        with pytest.raises(UsageError, match="--stages"):
+            parse_stages(bad, 0.5)
+
+
+def test_fit_skips_non_finite_updates_clips_and_applies_stage_rates() -> None:
+    """Plain SGD on a quadratic so every update is checkable by hand: w ← w − lr·clip(grad)."""
+    w = torch.nn.Parameter(torch.tensor([100.0, 0.5]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    stages = [Stage(1, 2), Stage(2, 2, 0.5)]
+    poison = {1}  # the second update sees a NaN loss
+
+    def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
+        loss = 0.5 * (w * w).sum()  # gradient w
+        return loss * math.nan if len(seen) in poison else loss
+
+    seen: list[dict] = []
+    expected = w.detach().clone()
+    for metrics in fit([w], loss_fn, opt, stages, lr=0.1, generator=torch.Generator(), clip=10.0):
+        i = len(seen)
+        seen.append(metrics)
+        if i not in poison:
+            lr = 0.1 * (1.0 if i < 2 else 0.5)
+            expected = expected - lr * expected.clamp(-10, 10)
+        torch.testing.assert_close(w.detach(), expected)
+    assert [m["rollout"] for m in seen] == [1, 1, 2, 2]
+    assert [m["lr"] for m in seen] == [0.1, 0.1, 0.05, 0.05]
+    assert [m["skipped"] for m in seen] == [0, 1, 1, 1]
+    assert seen[-1]["step"] == 4
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, model={"w": torch.ones(2)}, config={"a": 1}, step=3)
+    state = load_checkpoint(path)
+    assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert not (tmp_path / "ck.pt.tmp").exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a physdiff checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    # objects that weights_only=True refuses (arbitrary pickles) are rejected, not executed
+    torch.save({"model": {}, "config": object(), "step": 0}, tmp_path / "pickle.pt")
+    with pytest.raises(CheckpointError, match="pickle.pt"):
+        load_checkpoint(tmp_path / "pickle.pt")
