@@ -138,7 +138,7 @@ def print_table(rows: dict[str, dict[str, Any]], ref: dict[str, float]) -> None:
     bands = [k for k in rows["exact posterior samples"] if k.startswith("var_ratio")]
     cover = [k for k in rows["exact posterior samples"] if k.startswith("coverage90")]
     head = (f"{'':32s}" + "".join(f"{label:>12s}" for _, label in COLUMNS)
-            + f"{'×Bayes':>8s}" + "".join(f"{'var ' + b.split()[1]:>12s}" for b in bands)
+            + f"{'×Bayes':>10s}" + "".join(f"{'var ' + b.split()[1]:>12s}" for b in bands)
             + "".join(f"{'cov ' + c.split()[1]:>12s}" for c in cover) + f"{'s/sample':>10s}")
     print(head)
     for name, row in rows.items():
@@ -147,7 +147,7 @@ def print_table(rows: dict[str, dict[str, Any]], ref: dict[str, float]) -> None:
             ratio = row["mse"] / ref["mse"]
         else:
             ratio = row["mse_per_sample"] / ref["mse_per_sample"]
-        cells.append(f"{ratio:8.3f}" if math.isfinite(ratio) and ratio < 1e4 else f"{'>1e4':>8s}")
+        cells.append(f"{ratio:10.3f}" if math.isfinite(ratio) and ratio < 1e4 else f"{'>1e4':>10s}")
         cells += [f"{row[k]:12.3f}" if k in row else f"{'':12s}" for k in bands + cover]
         cells.append(f"{row['seconds_per_sample']:10.4f}" if "seconds_per_sample" in row
                      else f"{'':10s}")
