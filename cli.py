@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import h5py
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run"]
+__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run", "write_text_atomic"]
 
 
 class UsageError(ValueError):
@@ -89,3 +90,13 @@ def non_negative(kind: type = float) -> Callable[[str], int | float]:
 
 def is_hdf5(path: Path) -> bool:
     return path.suffix in (".h5", ".hdf5") or h5py.is_hdf5(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `<path>.tmp`, then rename: an interrupted write never leaves a truncated
+    file under `path`, and an earlier complete one survives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

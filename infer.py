@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import plots
-from cli import UsageError, non_negative, positive, run
+from cli import UsageError, non_negative, positive, run, write_text_atomic
 from physdiff.data import read
 from systems import code_version, pick_device
 from workflows import (
@@ -140,6 +140,9 @@ def infer(args: argparse.Namespace) -> None:
     report = {"observations": m, "n_samples": n, "seconds_per_sample": t_sde / (m * n),
               "seconds_per_ode": t_ode / m}
     exact = model.system.exact_posterior(x_T.cpu()) if model.meta.simulator == "heat" else None
+    # one draw of exact samples serves the metrics and the spectra figure
+    exact_samples = (None if exact is None
+                     else exact.sample(n, torch.Generator().manual_seed(args.seed)).float())
     if truth is not None:
         samples_c, truth_c = samples.cpu(), truth
         report["sde"] = evaluate(model.system, truth_c, x_T.cpu(), samples=samples_c, exact=exact)
@@ -148,18 +151,17 @@ def infer(args: argparse.Namespace) -> None:
         if exact is not None:
             report["exact_mean"] = evaluate(model.system, truth_c, x_T.cpu(),
                                             point=exact.mean[:, None])
-            exact_samples = exact.sample(n, torch.Generator().manual_seed(args.seed))
             report["exact_samples"] = evaluate(model.system, truth_c, x_T.cpu(),
-                                               samples=exact_samples[:, :, None].float(),
+                                               samples=exact_samples[:, :, None],
                                                exact=exact)
         print_table(report)
-    (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    figures(args.out, x_T.cpu(), samples.cpu(), truth, ode.cpu(), exact)
+    write_text_atomic(args.out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    figures(args.out, x_T.cpu(), samples.cpu(), truth, ode.cpu(), exact, exact_samples)
     print(f"wrote {args.out / 'posterior.h5'}, metrics.json, posterior.png, spectra.png")
 
 
 def figures(out: Path, x_T: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None,
-            ode: torch.Tensor, exact: object | None) -> None:
+            ode: torch.Tensor, exact: object | None, exact_samples: torch.Tensor | None) -> None:
     f = plots.to_fields
     k = min(4, x_T.shape[0])
     exact_mean = exact.mean[:k] if exact is not None else None
@@ -168,9 +170,8 @@ def figures(out: Path, x_T: torch.Tensor, samples: torch.Tensor, truth: torch.Te
     curves = {"posterior samples": f(samples), "PF-ODE": f(ode)}
     if truth is not None:
         curves = {"truth": f(truth), **curves}
-    if exact is not None:
-        curves["exact posterior samples"] = exact.sample(
-            samples.shape[1], torch.Generator().manual_seed(1)).float()
+    if exact_samples is not None:
+        curves["exact posterior samples"] = exact_samples
     plots.power_spectra(out / "spectra.png", curves)
 
 

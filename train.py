@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cli import UsageError, positive, run
+from cli import UsageError, positive, run, write_text_atomic
 from physdiff.data import Metadata, read
 from physdiff.losses import multi_step_loss, one_step_loss
 from physdiff.noise import residual_spectra
@@ -161,7 +161,7 @@ def _log_lines_upto(log: Path, step: int) -> None:
     """Drop log lines past `step` (written after the checkpoint an interrupted run resumes)."""
     if log.exists():
         lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        log.write_text("".join(ln + "\n" for ln in lines))
+        write_text_atomic(log, "".join(ln + "\n" for ln in lines))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -198,7 +198,7 @@ def train(args: argparse.Namespace) -> None:
             print(f"{ckpt_path}: training already complete ({start} updates)")
             return
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    write_text_atomic(args.out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     drift = reverse_drift(system.physics_drift(), model, data.meta.g, c=1.0)
     batches = Batches(data.x, data.meta, system, device, cfg.augment)

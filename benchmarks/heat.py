@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -29,12 +28,16 @@ from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the entry-point scripts (train.py) are not installed modules
+
+from cli import write_text_atomic
 from physdiff.data import read
 from physdiff.samplers import euler_maruyama
+from physdiff.training import load_checkpoint
 from systems import code_version, pick_device
+from train import PRESETS, parse_stages
 from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
-
-ROOT = Path(__file__).resolve().parent.parent
 
 CONFIGS = {
     "full": {"recipe": "datasets/heat-32.json", "data": "datasets/heat-32", "preset": "heat-32",
@@ -73,14 +76,11 @@ def train_model(data: Path, out: Path, extra: list[str], device: str) -> float:
     record = out / "wall_time.json"
     spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
     ckpt = out / "checkpoint.pt"
-    done = ckpt.exists() and torch.load(ckpt, weights_only=True).get("noise_spectra") is not None
+    done = ckpt.exists() and load_checkpoint(ckpt).get("noise_spectra") is not None
     if not done:
         spent += _script("train.py", "--data", str(data), "--out", str(out), "--resume",
                          "--device", device, *extra)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(record.name + ".tmp")
-        tmp.write_text(json.dumps({"seconds": spent}) + "\n")
-        os.replace(tmp, record)
+        write_text_atomic(record, json.dumps({"seconds": spent}) + "\n")
     return spent
 
 
@@ -164,7 +164,7 @@ def main() -> None:
     data = ROOT / cfg["data"]
     _script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
     t_main = train_model(data, out / "model", ["--preset", cfg["preset"]], args.device)
-    preset_steps = sum(int(s.split(":")[1]) for s in _preset(cfg["preset"])["stages"].split(","))
+    preset_steps = sum(s.steps for s in parse_stages(PRESETS[cfg["preset"]]["stages"], 1.0))
     t_one = train_model(data, out / "one-step", ["--preset", cfg["preset"], "--stages",
                                                  f"1:{preset_steps}"], args.device)
     print(f"evaluating on {data / 'test.h5'} ({args.n_samples} samples per state)")
@@ -178,19 +178,9 @@ def main() -> None:
               "torch_threads": torch.get_num_threads(),
               "train_seconds": {"physdiff": t_main, "one-step loss only": t_one},
               "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "heat.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / "heat.json")
+    write_text_atomic(out / "heat.json", json.dumps(result, indent=2) + "\n")
     print(f"training: physdiff {t_main / 60:.1f} min, one-step only {t_one / 60:.1f} min; "
           f"wrote {out / 'heat.json'}")
-
-
-def _preset(name: str) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
-    from train import PRESETS
-
-    return PRESETS[name]
 
 
 if __name__ == "__main__":
