@@ -9,12 +9,14 @@ Examples:
     python infer.py --checkpoint runs/demo/checkpoint.pt --data runs/demo/data/test.h5 --out runs/demo/posterior
     python infer.py --checkpoint runs/demo/checkpoint.pt --observed my_states.npy --out runs/mine
 
---observed takes a .npy array or an .h5 file with a dataset 'x_T' (or 'x'), of shape
-(M, H, W) or (M, 1, H, W), in the normalised units of the training data unless --raw is given.
+--observed takes a .npy array or an .h5 file with a dataset 'x_T' (or 'x'), of shape (M, *state):
+(M, H, W) or (M, 1, H, W) for heat, (M, N, 4) = x, y, vx, vy per body for nbody; in the
+normalised units of the training data unless --raw is given (nbody data are raw units).
 
 Outputs in --out: posterior.h5 (samples (M, n, *state), ode, mean_path, observed, truth when
-known; attrs record the checkpoint, flags and code version), metrics.json, posterior.png,
-spectra.png.
+known, and for nbody the reverse paths (M, n, K + 1, N, 4); attrs record the checkpoint, flags
+and code version), metrics.json, posterior.png, and spectra.png (heat) or sbc_ranks.png (nbody,
+simulation-based calibration when the truth is known).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 import plots
 from cli import UsageError, non_negative, positive, run, write_text_atomic
+from physdiff import calibration
 from physdiff.data import read
 from systems import code_version, pick_device
 from workflows import (
@@ -67,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_observed(path: Path) -> torch.Tensor:
+def load_observed(path: Path, state_shape: tuple[int, ...]) -> torch.Tensor:
     if not path.exists():
         raise UsageError(f"--observed {path}: no such file")
     if path.suffix == ".npy":
@@ -84,11 +87,13 @@ def load_observed(path: Path) -> torch.Tensor:
                 arr = f[name][()]
         except OSError as err:
             raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4 or not np.issubdtype(arr.dtype, np.number):
-        raise UsageError(f"--observed {path}: expected numbers of shape (M, H, W) or "
-                         f"(M, C, H, W), got {arr.dtype} {arr.shape}")
+    if len(state_shape) == 3 and state_shape[0] == 1 and arr.ndim == 3:
+        arr = arr[:, None]  # single-channel fields given as (M, H, W)
+    if (arr.ndim != len(state_shape) + 1 or not np.issubdtype(arr.dtype, np.number)
+            or tuple(arr.shape[1:]) != tuple(state_shape)):
+        raise UsageError(f"--observed {path}: expected numbers of shape (M, "
+                         f"{', '.join(map(str, state_shape))}) as the checkpoint was trained on, "
+                         f"got {arr.dtype} {arr.shape}")
     return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
 
@@ -116,7 +121,7 @@ def infer(args: argparse.Namespace) -> None:
                              f"{data.meta.g}; the checkpoint was trained on {model.meta.dt}, "
                              f"{model.meta.n_steps}, {model.meta.g}")
     else:
-        x_T = load_observed(args.observed)[:args.limit]
+        x_T = load_observed(args.observed, tuple(model.system.state_shape))[:args.limit]
         source = f"--observed {args.observed}"
         if args.raw:
             x_T = (x_T - model.meta.norm_mean) / model.meta.norm_std
@@ -124,8 +129,11 @@ def infer(args: argparse.Namespace) -> None:
     x_T = x_T.to(device)
     gen = torch.Generator(device).manual_seed(args.seed)
     m, n = x_T.shape[0], args.n_samples
-    samples, t_sde = timed(lambda: sample_posterior(model, x_T, n, gen, args.noise,
-                                                    args.corrector_snr, args.batch_size))
+    particles = model.meta.simulator == "nbody"  # small states: keep the reverse paths
+    out, t_sde = timed(lambda: sample_posterior(model, x_T, n, gen, args.noise,
+                                                args.corrector_snr, args.batch_size,
+                                                return_paths=particles))
+    samples, paths = out if particles else (out, None)
     ode, t_ode = timed(lambda: reconstruct(model, x_T, "ode", args.ode_method, args.batch_size))
     mean_path = reconstruct(model, x_T, "mean", batch_size=args.batch_size)
     print(f"{m} observations: {n} SDE samples each in {t_sde:.1f} s "
@@ -133,6 +141,8 @@ def infer(args: argparse.Namespace) -> None:
     arrays = {"samples": samples, "ode": ode, "mean_path": mean_path, "observed": x_T}
     if truth is not None:
         arrays["truth"] = truth
+    if paths is not None:
+        arrays["paths"] = paths
     write_posterior(args.out / "posterior.h5", arrays, {
         "checkpoint": str(args.checkpoint), "source": source, "flags": json.dumps(
             {k: str(v) for k, v in vars(args).items()}), "version": code_version(),
@@ -145,7 +155,12 @@ def infer(args: argparse.Namespace) -> None:
                      else exact.sample(n, torch.Generator().manual_seed(args.seed)).float())
     if truth is not None:
         samples_c, truth_c = samples.cpu(), truth
-        report["sde"] = evaluate(model.system, truth_c, x_T.cpu(), samples=samples_c, exact=exact)
+        paths_c = None if paths is None else paths.cpu().flatten(0, 1)
+        report["sde"] = evaluate(model.system, truth_c, x_T.cpu(), samples=samples_c, exact=exact,
+                                 paths=paths_c)
+        if particles:  # the data's own trajectories as the reference for physical sanity
+            report["truth"] = evaluate(model.system, truth_c, x_T.cpu(), point=truth_c,
+                                       paths=data.x)
         report["ode"] = evaluate(model.system, truth_c, x_T.cpu(), point=ode.cpu())
         report["mean_path"] = evaluate(model.system, truth_c, x_T.cpu(), point=mean_path.cpu())
         if exact is not None:
@@ -156,8 +171,28 @@ def infer(args: argparse.Namespace) -> None:
                                                exact=exact)
         print_table(report)
     write_text_atomic(args.out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    if particles:
+        nbody_figures(args.out, x_T.cpu(), samples.cpu(), truth, paths.cpu())
+        print(f"wrote {args.out / 'posterior.h5'}, metrics.json, posterior.png"
+              + (", sbc_ranks.png" if truth is not None else ""))
+        return
     figures(args.out, x_T.cpu(), samples.cpu(), truth, ode.cpu(), exact, exact_samples)
     print(f"wrote {args.out / 'posterior.h5'}, metrics.json, posterior.png, spectra.png")
+
+
+def nbody_figures(out: Path, x_T: torch.Tensor, samples: torch.Tensor,
+                  truth: torch.Tensor | None, paths: torch.Tensor) -> None:
+    k = min(4, x_T.shape[0])
+    plots.nbody_posterior(out / "posterior.png", x_T[:k], samples[:k],
+                          None if truth is None else truth[:k], paths[:k])
+    if truth is None:
+        return
+    n = samples.shape[1]
+    ranks = calibration.sbc_ranks(samples.flatten(2).double(), truth.flatten(1).double(),
+                                  torch.Generator().manual_seed(0))
+    n_bins = max(d for d in range(1, 21) if (n + 1) % d == 0)
+    plots.rank_histogram(out / "sbc_ranks.png", calibration.rank_histogram(ranks, n, n_bins), n,
+                         f"SBC: {ranks.shape[0]} cases x {ranks.shape[1]} coordinates")
 
 
 def figures(out: Path, x_T: torch.Tensor, samples: torch.Tensor, truth: torch.Tensor | None,
@@ -176,19 +211,27 @@ def figures(out: Path, x_T: torch.Tensor, samples: torch.Tensor, truth: torch.Te
 
 
 def print_table(report: dict) -> None:
-    keys = ["mse", "mse_per_sample", "mse_of_mean", "recon_mse", "spectral_error"]
-    names = [n for n in ("sde", "ode", "mean_path", "exact_mean", "exact_samples") if n in report]
-    print(f"{'':14s}" + "".join(f"{k:>16s}" for k in keys))
+    names = [n for n in ("sde", "ode", "mean_path", "exact_mean", "exact_samples", "truth")
+             if n in report]
+    keys = [k for k in ("mse", "mse_per_sample", "mse_of_mean", "recon_mse", "spectral_error",
+                        "mse_pos", "mse_pos_per_sample", "mse_pos_of_mean", "resim_dist")
+            if any(k in report[n] for n in names)]
+    w = max(16, *(len(k) + 2 for k in keys))
+    print(f"{'':14s}" + "".join(f"{k:>{w}s}" for k in keys))
     for name in names:
         row = report[name]
-        print(f"{name:14s}" + "".join(f"{row[k]:16.5f}" if k in row else f"{'':16s}"
+        print(f"{name:14s}" + "".join(f"{row[k]:{w}.5f}" if k in row else " " * w
                                       for k in keys))
-    bands = [k for k in report["sde"] if k.startswith(("var_ratio", "coverage90"))]
+    bands = [k for k in report["sde"] if k.startswith(("var_ratio ", "coverage90 "))]
     if bands:
         with_bands = [n for n in names if bands[0] in report[n]]
         print(f"{'':28s}" + "".join(f"{n:>16s}" for n in with_bands))
         for k in bands:
             print(f"  {k:26s}" + "".join(f"{report[n][k]:16.3f}" for n in with_bands))
+    extra = [k for k in report["sde"] if k.startswith(("coverage", "sbc", "energy", "momentum"))]
+    for k in extra:
+        ref = report.get("truth", {}).get(k)
+        print(f"  {k:26s}{report['sde'][k]:16.4g}" + (f"   (data: {ref:.4g})" if ref else ""))
     if "exact_samples" in report:
         print(f"  (coverage90 of {report['n_samples']} exact samples is below 0.9 by design: the "
               "empirical interval of n draws holds a new draw with probability < 0.9)")

@@ -1,4 +1,5 @@
-"""Figures of posterior samples of 2D fields (script layer; matplotlib stays here)."""
+"""Figures of posterior samples: 2D fields, N-body point clouds, SBC rank histograms (script
+layer; matplotlib stays here)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from physdiff.metrics import radial_amplitude
 
-__all__ = ["posterior_panels", "power_spectra"]
+__all__ = ["nbody_posterior", "posterior_panels", "power_spectra", "rank_histogram"]
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -84,3 +85,56 @@ def to_fields(x: Tensor) -> Tensor:
     return x.squeeze(-3) if x.shape[-3] == 1 else x[..., 0, :, :]
 
 
+
+
+def nbody_posterior(path: Path, observed: Tensor, samples: Tensor, truth: Tensor | None = None,
+                    paths: Tensor | None = None, n_paths: int = 4) -> None:
+    """One panel per observation: observed bodies at T (black), true initial positions (stars),
+    posterior samples of the initial positions (point clouds, one colour per body) and a few
+    reverse trajectories (lines from x_T back to x_0). observed (B, N, 4), samples
+    (B, n, N, 4), truth (B, N, 4), paths (B, n, K + 1, N, 4) in forward time order."""
+    rows = observed.shape[0]
+    fig, axes = plt.subplots(1, rows, figsize=(3.6 * rows, 3.8), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for i, ax in enumerate(axes[0]):
+        n_bodies = observed.shape[1]
+        for b in range(n_bodies):
+            c = colors(b % 10)
+            ax.scatter(samples[i, :, b, 0], samples[i, :, b, 1], s=6, color=c, alpha=0.35,
+                       lw=0, label="posterior x_0" if b == 0 else None)
+            if paths is not None:
+                for j in range(min(n_paths, paths.shape[1])):
+                    ax.plot(paths[i, j, :, b, 0], paths[i, j, :, b, 1], color=c, lw=0.6,
+                            alpha=0.6)
+            if truth is not None:
+                ax.scatter(truth[i, b, 0], truth[i, b, 1], marker="*", s=90, color=c,
+                           edgecolor="k", lw=0.6, label="true x_0" if b == 0 else None)
+            ax.scatter(observed[i, b, 0], observed[i, b, 1], marker="o", s=30, color="k",
+                       label="observed x_T" if b == 0 else None)
+        ax.set_aspect("equal")
+        ax.set_title(f"observation {i + 1}", fontsize=9)
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def rank_histogram(path: Path, counts: Tensor, n_samples: int, title: str = "") -> None:
+    """SBC rank histogram (counts per bin of ranks 0..n_samples) with the uniform expectation
+    and its central 99 % band (binomial, normal approximation)."""
+    counts = counts.double()
+    total, n_bins = float(counts.sum()), counts.numel()
+    expected = total / n_bins
+    half = 2.576 * (expected * (1 - 1 / n_bins)) ** 0.5
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    edges = np.linspace(0, n_samples + 1, n_bins + 1)
+    ax.bar(edges[:-1], counts.numpy(), width=np.diff(edges), align="edge", color="tab:blue",
+           edgecolor="white")
+    ax.axhspan(expected - half, expected + half, color="gray", alpha=0.25, label="uniform, 99 %")
+    ax.axhline(expected, color="k", lw=0.8)
+    ax.set_xlabel(f"rank of the truth among {n_samples} posterior samples")
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

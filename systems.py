@@ -1,7 +1,8 @@
 """The script layer's registry: how each simulator plugs into the library (drift, network, data).
 
 Scripts (generate.py, train.py, infer.py, benchmarks/) import this; the library and the
-simulators never do. Only the heat system exists so far.
+simulators never do. Every system offers the same methods (see `HeatSystem`); the N-body toy
+lives in nbody_system.py.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ import subprocess
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import physdiff
+from nbody_system import NBodySystem
+from physdiff import metrics
 from physdiff.data import Metadata
 from physdiff.networks import PeriodicScoreNet
+from physdiff.noise import residual_spectra, spectral_noise
+from physdiff.samplers import Noise
 from physdiff.sde import Drift, as_drift
 from simulators import heat
 
-__all__ = ["SIMULATORS", "HeatSystem", "System", "augment_periodic", "code_version",
+__all__ = ["SIMULATORS", "HeatSystem", "NBodySystem", "System", "augment_periodic", "code_version",
            "pick_device", "system_for"]
 
 
@@ -71,11 +77,28 @@ class HeatSystem:
         """Noise-free forward step S_dt."""
         return heat.step(x, self.meta.dt)
 
-    def physics_drift(self) -> Drift:
-        """P with backward Euler step 2x − S(x) (method.md §2, diffusion)."""
-        return as_drift(partial(heat.step, dt=self.meta.dt), self.meta.dt)
+    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None) -> Drift:
+        """P with backward Euler step 2x − S(x) (method.md §2, diffusion); kind 'none' drops the
+        physics (the network alone learns the reverse step)."""
+        if kind == "true":
+            return as_drift(partial(heat.step, dt=self.meta.dt), self.meta.dt)
+        if kind == "none":
+            return lambda x, t: torch.zeros_like(x)
+        raise ValueError(f"--physics {kind}: heat supports 'true' and 'none'")
 
-    def score_net(self, width: int, depth: int, spectral: bool = True) -> nn.Module:
+    def physics_net(self, width: int) -> nn.Module:
+        raise ValueError("--physics learned: not available for heat (the exact step is known)")
+
+    def calibrate(self, drift: Drift, trajectories: Tensor) -> Tensor:
+        """Per-step Fourier power of the one-step residual, (K, 1, H, W) (physdiff/noise.py)."""
+        return residual_spectra(drift, trajectories, self.meta.times(), self.meta.dt)
+
+    def noise(self, calibration: Tensor | None) -> Noise | None:
+        """Calibrated spectral noise, or None for the textbook g √dt z."""
+        return spectral_noise(calibration) if calibration is not None else None
+
+    def score_net(self, width: int, depth: int, spectral: bool = True,
+                  physics: str = "true") -> nn.Module:
         channels, h, w = self.state_shape
         return PeriodicScoreNet(channels, (h, w), t_max=self.meta.t_final,
                                 out_scale=1 / (self.meta.g * math.sqrt(self.meta.dt)),
@@ -98,9 +121,43 @@ class HeatSystem:
         return heat.posterior(x_T[:, 0], self.prior(), self.meta.n_steps, self.meta.dt,
                               self.meta.g)
 
+    def evaluate(self, x_0: Tensor, x_T: Tensor, samples: Tensor | None = None,
+                 point: Tensor | None = None, exact: Any = None,
+                 paths: Tensor | None = None) -> dict[str, Any]:
+        """Metrics of posterior samples (B, n, *state) and/or a point estimate (B, *state)
+        against the truth x_0 (B, *state) (method.md §5). With `exact` (the exact posterior of
+        x_T) also per-band variance ratios and interval coverage. `paths` is not used."""
+        out: dict[str, Any] = {}
+        clean_T = self.forward_noise_free(x_0)
+        if point is not None:
+            out["mse"] = metrics.mse(point, x_0)
+            out["recon_mse"] = metrics.mse(self.forward_noise_free(point), clean_T)
+            out["spectral_error"] = metrics.spectral_error(point, x_0)
+        if samples is not None:
+            truth = x_0[:, None].expand_as(samples)
+            out["mse_per_sample"] = metrics.mse(samples, truth)
+            out["mse_of_mean"] = metrics.mse(samples.mean(1), x_0)
+            out["recon_mse"] = metrics.mse(self.forward_noise_free(samples), clean_T[:, None])
+            out["spectral_error"] = metrics.spectral_error(samples, truth)
+            out["spread"] = samples.std(1).mean().item()
+        if samples is not None and exact is not None:
+            fields_ = samples[:, :, 0]  # single-channel fields (B, n, H, W)
+            h, w = fields_.shape[-2:]
+            for (lo, hi), mask in zip(metrics.BANDS, metrics.band_masks(h, w), strict=True):
+                if not mask.any():  # a grid too small to have modes in this band
+                    continue
+                name = f"[{lo:g},{hi:g}{']' if hi == metrics.BANDS[-1][1] else ')'}"
+                out[f"var_ratio {name}"] = metrics.band_variance_ratio(fields_, exact.variance,
+                                                                       mask)
+                comp = metrics.fourier_components(fields_, mask)
+                true_comp = metrics.fourier_components(x_0[:, 0], mask)
+                out[f"coverage90 {name}"] = metrics.interval_coverage(comp, true_comp, 0.9)
+        return out
 
-System = HeatSystem
-SIMULATORS: dict[str, type[HeatSystem]] = {"heat": HeatSystem}
+
+System = HeatSystem | NBodySystem
+SIMULATORS: dict[str, type[HeatSystem | NBodySystem]] = {"heat": HeatSystem,
+                                                               "nbody": NBodySystem}
 
 
 def system_for(meta: Metadata, state_shape: tuple[int, ...]) -> System:

@@ -10,8 +10,13 @@ Examples:
     python train.py --data datasets/heat-32 --out runs/heat-32 --preset heat-32 --resume
     python train.py --data datasets/heat-32 --out runs/one-step --stages 1:20000
 
-Outputs in --out: checkpoint.pt (model, optimiser, step, RNG state, config, normalisation, noise
-calibration), config.json, log.jsonl (one JSON line per logged step), loss.png.
+The physics drift (--physics): 'true' runs the dataset's simulator (heat, nbody); 'learned'
+trains a physics network P_φ jointly with the score, anchored by the forward one-step loss
+(nbody); 'none' drops the physics so that the network alone learns the reverse step (baseline).
+
+Outputs in --out: checkpoint.pt (score and physics weights, optimiser, step, RNG state, config,
+normalisation, noise calibration), config.json, log.jsonl (one JSON line per logged step),
+loss.png.
 """
 
 from __future__ import annotations
@@ -31,8 +36,7 @@ from tqdm import tqdm
 
 from cli import UsageError, positive, run, write_text_atomic
 from physdiff.data import Metadata, read
-from physdiff.losses import multi_step_loss, one_step_loss
-from physdiff.noise import residual_spectra
+from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
 from physdiff.sde import reverse_drift
 from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
 from systems import code_version, pick_device, system_for
@@ -48,6 +52,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (README, "Choices we measured").
     "heat-32": {"stages": "1:5000,4:2500,8:2000", "batch_size": 32,
                 "lr": 1e-3, "width": 16, "depth": 1},
+    # the N-body toy: a 2-layer set transformer of width 64 (pass --physics learned / none for
+    # the joint-physics and network-only models)
+    "nbody": {"stages": "1:3000,4:1000,8:500", "batch_size": 64, "lr": 1e-3, "width": 64,
+              "depth": 2},
     # seconds: for tests
     "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},
 }
@@ -69,6 +77,9 @@ class TrainConfig:
     val_every: int = 250
     seed: int = 0
     calibration_trajectories: int = 512
+    physics: str = "true"
+    physics_width: int = 64
+    anchor_weight: float = 1.0
 
 
 # flags that may change on --resume without changing the result
@@ -119,6 +130,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=positive(int), default=250)
     p.add_argument("--save-every", type=positive(int), default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--physics", choices=["true", "learned", "none"],
+                   help="physics drift: the simulator, a network learned jointly, or none "
+                   "(default true)")
+    p.add_argument("--physics-width", type=positive(int), help="learned physics MLP width (64)")
+    p.add_argument("--anchor-weight", type=positive(float),
+                   help="weight of the forward one-step loss of learned physics (1)")
     p.add_argument("--calibration-trajectories", type=positive(int), default=512,
                    help="training trajectories used to calibrate the reverse-step noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -176,8 +193,11 @@ def train(args: argparse.Namespace) -> None:
                          f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
     system = system_for(data.meta, data.x.shape[2:])
     torch.manual_seed(cfg.seed)  # network initialisation
-    model = system.score_net(cfg.width, cfg.depth, cfg.spectral).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = system.score_net(cfg.width, cfg.depth, cfg.spectral, cfg.physics).to(device)
+    physics_net = (system.physics_net(cfg.physics_width).to(device) if cfg.physics == "learned"
+                   else None)
+    params = list(model.parameters()) + (list(physics_net.parameters()) if physics_net else [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
     start, skipped = 0, 0
@@ -185,12 +205,14 @@ def train(args: argparse.Namespace) -> None:
         if not args.resume:
             raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
         state = load_checkpoint(ckpt_path)
-        if state["config"] != asdict(cfg):
-            diff = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items()
-                    if state["config"].get(k) != v}
+        old = {**asdict(TrainConfig(data=cfg.data)), **state["config"]}  # keys added later
+        if old != asdict(cfg):
+            diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
             raise UsageError(f"{ckpt_path}: was trained with other settings {diff} "
                              "(old, new); use the same flags or another --out")
         model.load_state_dict(state["model"])
+        if physics_net is not None:
+            physics_net.load_state_dict(state["physics"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, skipped = state["step"], state["skipped"]
@@ -201,15 +223,23 @@ def train(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
-    drift = reverse_drift(system.physics_drift(), model, data.meta.g, c=1.0)
+    drift = reverse_drift(system.physics_drift(cfg.physics, physics_net), model, data.meta.g,
+                          c=1.0)
     batches = Batches(data.x, data.meta, system, device, cfg.augment)
     dt, g = data.meta.dt, data.meta.g
 
     def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
         window, t_end = batches(cfg.batch_size, rollout, gen)
         if rollout == 1:
-            return one_step_loss(drift, window[:, 0], window[:, 1], t_end, dt, g)
-        return multi_step_loss(drift, window, t_end, dt, g, cfg.method)
+            loss = one_step_loss(drift, window[:, 0], window[:, 1], t_end, dt, g)
+        else:
+            loss = multi_step_loss(drift, window, t_end, dt, g, cfg.method)
+        if physics_net is not None:  # anchor P_φ on the forward steps of the same windows
+            pairs = window[:, :2] if rollout == 1 else window
+            loss = loss + cfg.anchor_weight * forward_loss(
+                system.forward_step(physics_net), pairs[:, :-1].flatten(0, 1),
+                pairs[:, 1:].flatten(0, 1), dt, g)
+        return loss
 
     val = valid.x[:64].to(device)
     val_times = valid.meta.times()[1:].to(device, val.dtype).repeat(val.shape[0])
@@ -227,7 +257,8 @@ def train(args: argparse.Namespace) -> None:
                         step=step, skipped=skipped, generator=generator.get_state(),
                         config=asdict(cfg), meta=asdict(data.meta),
                         state_shape=list(data.x.shape[2:]), version=code_version(),
-                        noise_spectra=noise_spectra)
+                        noise_spectra=noise_spectra,
+                        physics=physics_net.state_dict() if physics_net is not None else None)
 
     total = sum(s.steps for s in stages)
     stop_at = min(total, start + args.stop_after) if args.stop_after else total
@@ -236,7 +267,7 @@ def train(args: argparse.Namespace) -> None:
     step, t0 = start, time.perf_counter()
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None)
     with log_path.open("a") as log:
-        for metrics in fit(list(model.parameters()), loss_fn, optimizer, stages, cfg.lr,
+        for metrics in fit(params, loss_fn, optimizer, stages, cfg.lr,
                            generator, start, skipped, cfg.clip):
             step, skipped = metrics["step"], metrics["skipped"]
             if step % cfg.val_every == 0 or step == total:
@@ -258,8 +289,7 @@ def train(args: argparse.Namespace) -> None:
         return
     model.eval()
     n_cal = min(cfg.calibration_trajectories, data.x.shape[0])
-    spectra = residual_spectra(drift, data.x[:n_cal].to(device), data.meta.times(), dt)
-    save(step, spectra)
+    save(step, system.calibrate(drift, data.x[:n_cal].to(device)))
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")

@@ -14,9 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from physdiff import metrics
 from physdiff.data import Metadata
-from physdiff.noise import spectral_noise
 from physdiff.samplers import euler_maruyama, langevin_corrector, probability_flow, repeat_samples
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import CheckpointError, load_checkpoint
@@ -30,11 +28,17 @@ class Model:
     score: nn.Module
     system: System
     meta: Metadata
-    noise_spectra: Tensor | None
+    noise_spectra: Tensor | None  # the noise calibration (residual spectra or variances)
     config: dict[str, Any]
+    physics_net: nn.Module | None = None
+
+    @property
+    def physics(self) -> str:
+        return self.config.get("physics", "true")
 
     def drift(self, c: float = 1.0, score: Drift | None = None) -> Drift:
-        return reverse_drift(self.system.physics_drift(), score or self.score, self.meta.g, c)
+        physics = self.system.physics_drift(self.physics, self.physics_net)
+        return reverse_drift(physics, score or self.score, self.meta.g, c)
 
     def times(self, device: torch.device) -> Tensor:
         """Reverse grid t_K .. t_0, float32 on device."""
@@ -46,14 +50,19 @@ def load_model(path: Path, device: torch.device) -> Model:
     meta = Metadata(**state["meta"])
     system = system_for(meta, tuple(state["state_shape"]))
     cfg = state["config"]
-    score = system.score_net(cfg["width"], cfg["depth"], cfg["spectral"])
+    physics = cfg.get("physics", "true")
+    score = system.score_net(cfg["width"], cfg["depth"], cfg["spectral"], physics)
+    physics_net = system.physics_net(cfg["physics_width"]) if physics == "learned" else None
     try:
         score.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the network its config describes "
+        if physics_net is not None:
+            physics_net.load_state_dict(state["physics"])
+            physics_net.to(device).eval()
+    except (RuntimeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
     score.to(device).eval()
-    return Model(score, system, meta, state.get("noise_spectra"), cfg)
+    return Model(score, system, meta, state.get("noise_spectra"), cfg, physics_net)
 
 
 def check_observations(x_T: Tensor, model: Model, source: str) -> None:
@@ -70,11 +79,13 @@ def check_observations(x_T: Tensor, model: Model, source: str) -> None:
 @torch.no_grad()
 def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generator,
                      noise: str = "calibrated", corrector_snr: float = 0.0,
-                     batch_size: int = 512, progress: bool = True) -> Tensor:
+                     batch_size: int = 512, progress: bool = True,
+                     return_paths: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """n reverse-SDE samples of x_0 for each observation: (B, *state) -> (B, n, *state).
 
-    noise: 'calibrated' (per-step residual spectra stored in the checkpoint) or 'white'
-    (g √dt z, the textbook reverse SDE).
+    noise: 'calibrated' (the per-step residual covariance stored in the checkpoint) or 'white'
+    (the SDE's own g √dt z). With return_paths, also the whole reverse paths in forward time
+    order, (B, n, K + 1, *state).
     """
     device = x_T.device
     ts = model.times(device)
@@ -82,9 +93,9 @@ def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generat
         if model.noise_spectra is None:
             raise CheckpointError("checkpoint has no noise calibration (training did not finish)"
                                   "; use --noise white or finish training with --resume")
-        noise_fn = spectral_noise(model.noise_spectra.to(device))
+        noise_fn = model.system.noise(model.noise_spectra.to(device))
     elif noise == "white":
-        noise_fn = None
+        noise_fn = model.system.noise(None)
     else:
         raise ValueError(f"--noise {noise}: expected 'calibrated' or 'white'")
     corrector = langevin_corrector(model.score, corrector_snr) if corrector_snr > 0 else None
@@ -93,8 +104,12 @@ def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generat
     out = []
     for start in tqdm(range(0, flat.shape[0], batch_size), desc="reverse SDE", unit="batch",
                       disable=None if progress else True):
-        out.append(euler_maruyama(drift, flat[start:start + batch_size], ts, model.meta.g,
-                                  generator, noise_fn, corrector))
+        path = euler_maruyama(drift, flat[start:start + batch_size], ts, model.meta.g,
+                              generator, noise_fn, corrector, return_path=return_paths)
+        out.append(path.flip(0).transpose(0, 1) if return_paths else path)
+    if return_paths:
+        paths = torch.cat(out).reshape(x_T.shape[0], n, *out[0].shape[1:])
+        return paths[:, :, 0], paths
     return torch.cat(out).reshape(x_T.shape[0], n, *x_T.shape[1:])
 
 
@@ -127,33 +142,9 @@ def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
 
 
 def evaluate(system: System, x_0: Tensor, x_T: Tensor, samples: Tensor | None = None,
-             point: Tensor | None = None, exact: Any = None) -> dict[str, Any]:
-    """Metrics of posterior samples (B, n, *state) and/or a point estimate (B, *state) against
-    the truth x_0 (B, *state) observed as x_T (method.md §5). With `exact` (the system's exact
-    posterior of x_T, heat only) also per-band variance ratios and interval coverage.
-    """
-    out: dict[str, Any] = {}
-    clean_T = system.forward_noise_free(x_0)
-    if point is not None:
-        out["mse"] = metrics.mse(point, x_0)
-        out["recon_mse"] = metrics.mse(system.forward_noise_free(point), clean_T)
-        out["spectral_error"] = metrics.spectral_error(point, x_0)
-    if samples is not None:
-        truth = x_0[:, None].expand_as(samples)
-        out["mse_per_sample"] = metrics.mse(samples, truth)
-        out["mse_of_mean"] = metrics.mse(samples.mean(1), x_0)
-        out["recon_mse"] = metrics.mse(system.forward_noise_free(samples), clean_T[:, None])
-        out["spectral_error"] = metrics.spectral_error(samples, truth)
-        out["spread"] = samples.std(1).mean().item()
-    if samples is not None and exact is not None:
-        fields_ = samples[:, :, 0]  # single-channel fields (B, n, H, W)
-        h, w = fields_.shape[-2:]
-        for (lo, hi), mask in zip(metrics.BANDS, metrics.band_masks(h, w), strict=True):
-            if not mask.any():  # a grid too small to have modes in this band
-                continue
-            name = f"[{lo:g},{hi:g}{']' if hi == metrics.BANDS[-1][1] else ')'}"
-            out[f"var_ratio {name}"] = metrics.band_variance_ratio(fields_, exact.variance, mask)
-            comp = metrics.fourier_components(fields_, mask)
-            true_comp = metrics.fourier_components(x_0[:, 0], mask)
-            out[f"coverage90 {name}"] = metrics.interval_coverage(comp, true_comp, 0.9)
-    return out
+             point: Tensor | None = None, exact: Any = None,
+             paths: Tensor | None = None) -> dict[str, Any]:
+    """The system's metrics of posterior samples (B, n, *state) and/or a point estimate
+    (B, *state) against the truth x_0 (B, *state) observed as x_T (see each system's
+    `evaluate`)."""
+    return system.evaluate(x_0, x_T, samples=samples, point=point, exact=exact, paths=paths)

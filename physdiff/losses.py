@@ -7,13 +7,15 @@ that the physics barely changes: a readable floor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
 from physdiff.sde import Drift
 
-__all__ = ["multi_step_loss", "one_step_loss", "reverse_rollout"]
+__all__ = ["forward_loss", "multi_step_loss", "one_step_loss", "reverse_rollout"]
 
 
 def one_step_loss(drift: Drift, x_prev: Tensor, x_next: Tensor, t_next: Tensor, dt: float,
@@ -82,3 +84,16 @@ def multi_step_loss(drift: Drift, window: Tensor, t_end: Tensor, dt: float, g: f
     x_hat = reverse_rollout(drift, window[:, -1], t_end, n_steps, dt, method)
     target = window[:, :-1].flip(1)  # x_{k-1}, ..., x_{k-S}
     return (target - x_hat).square().mean() / (g**2 * dt)
+
+
+def forward_loss(step: Callable[[Tensor], Tensor], x_prev: Tensor, x_next: Tensor, dt: float,
+                 g: float) -> Tensor:
+    r"""L_P = E ‖x_{k+1} − S_φ(x_k)‖² / (g² dt): the forward one-step loss that anchors a learned
+    physics step S_φ (method.md §3, joint physics). Its minimiser is E[x_{k+1} | x_k], the
+    noise-free step, and its floor is the fraction of components that carry noise.
+
+    Arguments:
+        step: Learned forward step x_k -> x_{k+1} (differentiable in its parameters).
+        x_prev, x_next: States x_k and x_{k+1}, shape (B, *).
+    """
+    return (x_next - step(x_prev)).square().mean() / (g**2 * dt)

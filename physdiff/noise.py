@@ -1,4 +1,4 @@
-"""Calibrated reverse-step noise for periodic fields.
+"""Calibrated reverse-step noise: per-step residual covariance, diagonal in a chosen basis.
 
 The textbook reverse step adds g √dt z. That is the right conditional variance only for modes the
 physics barely changes within one step. Where one forward step contracts a mode strongly (heat:
@@ -8,7 +8,8 @@ high |k|. The fix used here, in the spirit of Analytic-DPM, is to use as reverse
 covariance of the one-step residual r = x_k − E_θ[x_k | x_{k+1}] measured on training data:
 E[r rᵀ] = E Var(x_k | x_{k+1}) when the learned mean is right (law of total variance). For
 translation-invariant statistics on a periodic grid that covariance is diagonal in Fourier space:
-one spectrum per step. For linear-Gaussian physics this sampler is exact ancestral sampling.
+one spectrum per step. For particle states the covariance is taken diagonal per component.
+For linear-Gaussian physics the spectral sampler is exact ancestral sampling.
 
 References:
     Bao et al. (2022), Analytic-DPM: an analytic estimate of the optimal reverse variance in
@@ -18,6 +19,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -25,22 +27,25 @@ from torch import Tensor
 from physdiff.samplers import Noise
 from physdiff.sde import Drift
 
-__all__ = ["residual_spectra", "spectral_noise"]
+__all__ = ["diagonal_noise", "residual_power", "residual_spectra", "spectral_noise"]
 
 
 @torch.no_grad()
-def residual_spectra(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
-                     batch_size: int = 256) -> Tensor:
-    """E|r̂_k|² of the one-step residual r_k = x_k − (x_{k+1} − dt f(x_{k+1}, t_{k+1})), per step.
+def residual_power(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
+                   transform: Callable[[Tensor], Tensor] | None = None,
+                   batch_size: int = 256) -> Tensor:
+    """E|T(r_k)|² of the one-step residual r_k = x_k − (x_{k+1} − dt f(x_{k+1}, t_{k+1})), per step
+    and component, where T is a linear transform in which the residual covariance is taken to be
+    diagonal (identity by default).
 
     Arguments:
         drift: Reverse drift f (c = 1).
-        trajectories: Data, shape (N, K + 1, *state), state ending in (H, W).
+        trajectories: Data, shape (N, K + 1, *state).
         times: t_0..t_K, shape (K + 1,).
+        transform: Linear map applied to residuals (B, *state) before squaring; e.g. fft2.
 
     Returns:
-        Spectra, shape (K, *state), index k for the step t_{k+1} -> t_k; unnormalised-FFT units
-        (white noise of variance σ² per component has spectrum σ² H W).
+        Mean power, float64, shape (K, *state), index k for the step t_{k+1} -> t_k.
     """
     n, k_plus_1 = trajectories.shape[:2]
     total = torch.zeros((k_plus_1 - 1, *trajectories.shape[2:]), dtype=torch.float64)
@@ -49,10 +54,31 @@ def residual_spectra(drift: Drift, trajectories: Tensor, times: Tensor, dt: floa
         b = traj.shape[0]
         x_next = traj[:, 1:].reshape(-1, *traj.shape[2:])
         t_next = times[1:].to(traj).repeat(b)
-        r = traj[:, :-1].reshape(-1, *traj.shape[2:]) - (x_next - dt * drift(x_next, t_next))
-        power = torch.fft.fft2(r.double()).abs().square().reshape(b, k_plus_1 - 1, *r.shape[1:])
-        total += power.sum(0).cpu()
+        r = (traj[:, :-1].reshape(-1, *traj.shape[2:]) - (x_next - dt * drift(x_next, t_next))).double()
+        power = (transform(r) if transform is not None else r).abs().square()
+        total += power.reshape(b, k_plus_1 - 1, *r.shape[1:]).sum(0).cpu()
     return total / n
+
+
+def residual_spectra(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
+                     batch_size: int = 256) -> Tensor:
+    """Per-step Fourier power of the one-step residual (`residual_power` with fft2) for states
+    ending in (H, W); unnormalised-FFT units (white noise of variance σ² per component has
+    spectrum σ² H W). Shape (K, *state)."""
+    return residual_power(drift, trajectories, times, dt, torch.fft.fft2, batch_size)
+
+
+def diagonal_noise(variances: Tensor) -> Noise:
+    """Reverse-step noise with per-step, per-component variances (K, *state): step i of a reverse
+    grid t_K -> t_0 uses data step k = K − 1 − i."""
+    scale = variances.sqrt()
+    n_steps = variances.shape[0]
+
+    def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return scale[n_steps - 1 - i].to(device=x.device, dtype=x.dtype) * z
+
+    return noise
 
 
 def spectral_noise(spectra: Tensor) -> Noise:

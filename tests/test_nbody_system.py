@@ -1,0 +1,134 @@
+"""The N-body toy through the script layer: drifts, learned physics, the CLI chain, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import generate
+import infer
+import train
+from physdiff.data import read
+from physdiff.losses import forward_loss
+from physdiff.samplers import euler_maruyama
+from physdiff.sde import reverse_drift
+from simulators import nbody
+from systems import system_for
+
+TINY = ["nbody", "--bodies", "3", "--masses", "1,2,3", "--n-train", "24", "--n-valid", "4",
+        "--n-test", "4", "--steps", "6", "--t-final", "0.3", "--substeps", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("nbody")
+    generate.main([*TINY, "--out", str(out)])
+    return out
+
+
+def _error(capsys: pytest.CaptureFixture[str], fn: object, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        fn(argv)  # type: ignore[operator]
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_dataset_records_masses_and_has_velocity_only_noise(data: Path) -> None:
+    d = read(data / "train.h5", simulator="nbody")
+    assert d.x.shape == (24, 7, 3, 4) and d.meta.params["masses"] == [1.0, 2.0, 3.0]
+    system = system_for(d.meta, d.x.shape[2:])
+    x = d.x.double()
+    resid = x[:, 1:] - system.step(x[:, :-1])
+    assert resid[..., :2].abs().max() < 1e-5  # float32 storage; positions get no noise
+    std = resid[..., 2:].std().item()
+    assert abs(std / (d.meta.g * d.meta.dt**0.5) - 1) < 0.15
+
+
+def test_true_physics_reverse_path_without_score_inverts_the_noise_free_forward(data: Path) -> None:
+    d = read(data / "test.h5", simulator="nbody")
+    system = system_for(d.meta, d.x.shape[2:])
+    x_0 = d.x[:, 0].double()
+    x_T = system.forward_noise_free(x_0)
+    drift = reverse_drift(system.physics_drift("true"), lambda x, t: torch.zeros_like(x), d.meta.g)
+    ts = d.meta.times().flip(0)
+    back = euler_maruyama(drift, x_T, ts, d.meta.g, noise=lambda x, i, gen: torch.zeros_like(x))
+    assert (back - x_0).abs().max() < 1e-10
+
+
+def test_forward_loss_alone_learns_gravity_from_noisy_trajectories(data: Path) -> None:
+    """Joint physics: the anchoring loss recovers the force (zero at the start) from data."""
+    d = read(data / "train.h5", simulator="nbody")
+    system = system_for(d.meta, d.x.shape[2:])
+    torch.manual_seed(0)
+    net = system.physics_net(16)
+    x_prev, x_next = d.x[:, :-1].flatten(0, 1), d.x[:, 1:].flatten(0, 1)
+    true_acc = nbody.gravity(system.masses.float(), system.softening)
+    held_out = read(data / "valid.h5").x.flatten(0, 1)[..., :2]
+
+    def force_error() -> float:
+        with torch.no_grad():
+            ref = true_acc(held_out)
+            return ((net(held_out) - ref).norm() / ref.norm()).item()
+
+    assert force_error() == pytest.approx(1.0)  # starts at zero force
+    opt = torch.optim.Adam(net.parameters(), lr=3e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        forward_loss(system.forward_step(net), x_prev, x_next, d.meta.dt, d.meta.g).backward()
+        opt.step()
+    assert force_error() < 0.2
+
+
+@pytest.mark.parametrize("physics", ["true", "learned", "none"])
+def test_chain_train_infer_runs_with_each_physics(data: Path, tmp_path: Path,
+                                                  physics: str) -> None:
+    run = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(run), "--preset", "tiny", "--physics",
+                physics, "--width", "8", "--device", "cpu"])
+    infer.main(["--checkpoint", str(run / "checkpoint.pt"), "--data", str(data / "test.h5"),
+                "--n-samples", "19", "--out", str(tmp_path / "post"), "--device", "cpu"])
+    assert (tmp_path / "post" / "sbc_ranks.png").exists()
+    report = json.loads((tmp_path / "post" / "metrics.json").read_text())
+    assert report["sde"]["coverage90_nominal"] == 0.9
+    assert 0 <= report["sde"]["sbc_p"] <= 1
+    if physics != "none":  # masked score: positions move by the physics alone
+        with h5py.File(tmp_path / "post" / "posterior.h5") as f:
+            assert f["paths"].shape == (4, 19, 7, 3, 4)
+
+
+def test_bad_masses_and_observations_give_one_line_errors(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, generate.main, [*TINY[:-2], "--masses", "1,0,2", "--out", str(tmp_path)])
+    assert "--masses" in err and "positive" in err
+    err = _error(capsys, generate.main, [*TINY, "--masses", "1,2", "--out", str(tmp_path)])
+    assert "--masses" in err and "3 positive" in err
+    run = tmp_path / "run"
+    train.main(["--data", str(data), "--out", str(run), "--preset", "tiny", "--width", "8",
+                "--device", "cpu"])
+    obs = tmp_path / "obs.npy"
+    np.save(obs, np.zeros((2, 4, 4), dtype=np.float32))  # 4 bodies, checkpoint has 3
+    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
+                                      str(obs), "--out", str(tmp_path / "p")])
+    assert "(M, 3, 4)" in err
+    bad = np.zeros((2, 3, 4), dtype=np.float32)
+    bad[1, 0, 0] = np.nan
+    np.save(obs, bad)
+    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
+                                      str(obs), "--out", str(tmp_path / "p")])
+    assert "NaN" in err
+    heat_dir = tmp_path / "heat"
+    generate.main(["--n-train", "4", "--n-valid", "2", "--n-test", "2", "--size", "8",
+                   "--steps", "6", "--t-final", "0.3", "--out", str(heat_dir)])
+    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--data",
+                                      str(heat_dir / "test.h5"), "--out", str(tmp_path / "p")])
+    assert "heat" in err and "nbody" in err
+    err = _error(capsys, train.main, ["--data", str(heat_dir), "--out", str(tmp_path / "r2"),
+                                      "--preset", "tiny", "--physics", "learned"])
+    assert "--physics learned" in err
