@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-heat bench-quick clean
+.PHONY: setup demo test lint bench bench-heat bench-quick bench-nbody bench-nbody-quick clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,19 @@ test: setup
 lint: setup
 	$(PY) -m ruff check physdiff simulators tests benchmarks *.py
 
-bench: bench-heat
+bench: bench-heat bench-nbody
 
 bench-heat: setup
 	$(PY) benchmarks/heat.py
 
 bench-quick: setup
 	$(PY) benchmarks/heat.py --quick
+
+bench-nbody: setup
+	$(PY) benchmarks/nbody.py
+
+bench-nbody-quick: setup
+	$(PY) benchmarks/nbody.py --quick
 
 clean:
 	rm -rf runs benchmarks/results

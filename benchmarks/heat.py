@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the entry-point scripts (train.py) are not installed modules
 
+from common import script, train_model
+
 from cli import write_text_atomic
 from physdiff.data import read
 from physdiff.samplers import euler_maruyama
-from physdiff.training import load_checkpoint
 from systems import code_version, pick_device
 from train import PRESETS, parse_stages
 from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
@@ -61,27 +60,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
     return p
-
-
-def _script(*argv: str) -> float:
-    """Run one of the project's scripts; return its wall time."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True)
-    return time.perf_counter() - t0
-
-
-def train_model(data: Path, out: Path, extra: list[str], device: str) -> float:
-    """Train (or resume, or find complete) a model; return total training wall time in seconds,
-    summed over the invocations that did work (kept in out/wall_time.json)."""
-    record = out / "wall_time.json"
-    spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
-    ckpt = out / "checkpoint.pt"
-    done = ckpt.exists() and load_checkpoint(ckpt).get("noise_spectra") is not None
-    if not done:
-        spent += _script("train.py", "--data", str(data), "--out", str(out), "--resume",
-                         "--device", device, *extra)
-        write_text_atomic(record, json.dumps({"seconds": spent}) + "\n")
-    return spent
 
 
 def naive_inverse(model: Model, x_T: torch.Tensor) -> torch.Tensor:
@@ -162,7 +140,7 @@ def main() -> None:
     out = ROOT / (args.out or cfg["out"])
     device = pick_device(args.device)
     data = ROOT / cfg["data"]
-    _script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
+    script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
     t_main = train_model(data, out / "model", ["--preset", cfg["preset"]], args.device)
     preset_steps = sum(s.steps for s in parse_stages(PRESETS[cfg["preset"]]["stages"], 1.0))
     t_one = train_model(data, out / "one-step", ["--preset", cfg["preset"], "--stages",

@@ -119,7 +119,7 @@ def test_bad_input_gives_one_line_errors(data: Path, trained: Path, tmp_path: Pa
     np.save(tmp_path / "big.npy", np.zeros((1, 16, 16), dtype=np.float32))
     err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--observed",
                                       str(tmp_path / "big.npy"), "--out", str(tmp_path / "o")])
-    assert "(1, 16, 16)" in err and "(1, 8, 8)" in err
+    assert "(1, 1, 16, 16)" in err and "(M, 1, 8, 8)" in err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     err = _error(capsys, infer.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--data",
                                       str(data / "test.h5"), "--out", str(tmp_path / "o")])

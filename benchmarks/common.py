@@ -1,0 +1,44 @@
+"""Shared by the benchmark scripts: run the project's scripts, train resumable models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the entry-point scripts are not installed modules
+
+from cli import write_text_atomic
+from physdiff.training import load_checkpoint
+
+__all__ = ["ROOT", "script", "train_model"]
+
+
+def script(*argv: str, threads: int | None = None) -> float:
+    """Run one of the project's scripts (with `threads` torch / OpenMP threads if given); return
+    its wall time."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, env=env)
+    return time.perf_counter() - t0
+
+
+def train_model(data: Path, out: Path, extra: list[str], device: str,
+                threads: int | None = None) -> float:
+    """Train (or resume, or find complete) a model; return total training wall time in seconds,
+    summed over the invocations that did work (kept in out/wall_time.json)."""
+    record = out / "wall_time.json"
+    spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
+    ckpt = out / "checkpoint.pt"
+    done = ckpt.exists() and load_checkpoint(ckpt).get("noise_spectra") is not None
+    if not done:
+        spent += script("train.py", "--data", str(data), "--out", str(out), "--resume",
+                        "--device", device, *extra, threads=threads)
+        write_text_atomic(record, json.dumps({"seconds": spent}) + "\n")
+    return spent
+
+
