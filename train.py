@@ -54,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "lr": 1e-3, "width": 16, "depth": 1},
     # the N-body toy: a 2-layer set transformer of width 64 (pass --physics learned / none for
     # the joint-physics and network-only models)
-    "nbody": {"stages": "1:3000,4:1000,8:500", "batch_size": 64, "lr": 1e-3, "width": 64,
+    "nbody": {"stages": "1:3000,4:600", "batch_size": 64, "lr": 1e-3, "width": 64,
               "depth": 2},
     # seconds: for tests
     "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},

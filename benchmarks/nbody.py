@@ -27,11 +27,13 @@ from cli import write_text_atomic
 from physdiff.data import read
 from physdiff.samplers import euler_maruyama
 from systems import code_version, pick_device
+from train import PRESETS
 from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
 
 CONFIGS = {
     "full": {"recipe": "datasets/nbody-5.json", "data": "datasets/nbody-5", "preset": "nbody",
-             "stages": "1:3000,4:600", "out": "benchmarks/results/nbody-5", "generate": []},
+             "stages": PRESETS["nbody"]["stages"], "out": "benchmarks/results/nbody-5",
+             "generate": []},
     "quick": {"recipe": "datasets/nbody-5.json", "data": "runs/bench-nbody-quick/data",
               "preset": "nbody", "stages": "1:400,4:100", "out": "benchmarks/results/nbody-quick",
               "generate": ["--n-train", "200", "--n-valid", "20", "--n-test", "40"]},
