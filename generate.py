@@ -46,9 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=positive(int), default=2500)
     p.add_argument("--n-valid", type=positive(int), default=500)
     p.add_argument("--n-test", type=positive(int), default=500)
-    p.add_argument("--t-final", type=positive(float), help="end time T (heat 0.2, nbody 2)")
+    p.add_argument("--t-final", type=positive(float), help="end time T (heat 0.2, nbody 1)")
     p.add_argument("--steps", type=positive(int), help="time steps K, dt = T / K (heat 32, "
-                   "nbody 40)")
+                   "nbody 20)")
     p.add_argument("--g", type=non_negative(float), help="noise scale, in normalised units "
                    "(heat 0.1, nbody 0.1)")
     heat_ = p.add_argument_group("heat")
@@ -73,7 +73,7 @@ def _split_generator(seed: int, index: int) -> torch.Generator:
 
 
 DEFAULTS = {"heat": {"t_final": 0.2, "steps": 32, "g": 0.1},
-            "nbody": {"t_final": 2.0, "steps": 40, "g": 0.1}}
+            "nbody": {"t_final": 1.0, "steps": 20, "g": 0.1}}
 
 
 def _matches(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:

@@ -9,7 +9,7 @@ posterior samples per test end state (n = 19: the order-statistic intervals of r
 nominal levels of exactly 50 % and 90 %). Prints a table and writes it as JSON.
 
 Examples:
-    python benchmarks/nbody.py            # nbody-5: about 40 minutes on 2 CPU cores
+    python benchmarks/nbody.py            # nbody-5: about 12 minutes on 2 CPU cores
     python benchmarks/nbody.py --quick    # a small recipe and short training: minutes
 """
 
@@ -39,7 +39,7 @@ CONFIGS = {
               "generate": ["--n-train", "200", "--n-valid", "20", "--n-test", "40"]},
 }
 MODELS = {"true simulator": "true", "learned physics": "learned", "network only": "none"}
-COLUMNS = [("mse_pos_per_sample", "pos MSE/smp", "{:.4g}"), ("mse_pos_of_mean", "pos MSE mean", "{:.4g}"),
+COLUMNS = [("mse_pos", "pos MSE", "{:.4g}"), ("mse_pos_per_sample", "pos MSE/smp", "{:.4g}"), ("mse_pos_of_mean", "pos MSE mean", "{:.4g}"),
            ("coverage50", "cov50", "{:.3f}"), ("coverage90", "cov90", "{:.3f}"),
            ("sbc_p", "SBC χ² p", "{:.2g}"), ("sbc_p_per_coord_bonferroni", "SBC p/coord", "{:.2g}"),
            ("sbc_ks_p", "SBC KS p", "{:.2g}"),
