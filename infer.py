@@ -231,7 +231,8 @@ def print_table(report: dict) -> None:
         print(f"{'':28s}" + "".join(f"{n:>16s}" for n in with_bands))
         for k in bands:
             print(f"  {k:26s}" + "".join(f"{report[n][k]:16.3f}" for n in with_bands))
-    extra = [k for k in report["sde"] if k.startswith(("coverage", "sbc", "energy", "momentum"))]
+    extra = [k for k in report["sde"]  # system-level calibration; heat's per-band rows are above
+             if k.startswith(("coverage", "sbc", "energy", "momentum")) and " " not in k]
     for k in extra:
         ref = report.get("truth", {}).get(k)
         print(f"  {k:26s}{report['sde'][k]:16.4g}" + (f"   (data: {ref:.4g})" if ref else ""))
