@@ -132,3 +132,43 @@ def test_bad_masses_and_observations_give_one_line_errors(
     err = _error(capsys, train.main, ["--data", str(heat_dir), "--out", str(tmp_path / "r2"),
                                       "--preset", "tiny", "--physics", "learned"])
     assert "--physics learned" in err
+
+
+def test_augmentation_is_a_symmetry_of_the_dynamics(data: Path) -> None:
+    """Rotations and reflections commute with the step, so augmented windows are valid data."""
+    d = read(data / "test.h5", simulator="nbody")
+    system = system_for(d.meta, d.x.shape[2:])
+    x = d.x[:, :2].double()  # pairs (x_k, x_{k+1})
+    for seed in range(4):
+        y = system.augment(x, torch.Generator().manual_seed(seed))
+        assert not torch.allclose(y, x)
+        torch.testing.assert_close(system.step(y[:, 0]) - y[:, 1],
+                                   system.augment(system.step(x[:, 0])[:, None] - x[:, 1:2],
+                                                  torch.Generator().manual_seed(seed))[:, 0])
+        # energies and |momentum| are invariant
+        m = system.masses.double()
+        torch.testing.assert_close(nbody.energy(y, m, system.softening),
+                                   nbody.energy(x, m, system.softening))
+        torch.testing.assert_close(nbody.momentum(y, m).norm(dim=-1),
+                                   nbody.momentum(x, m).norm(dim=-1))
+
+
+def test_calibrated_diagonal_noise_matches_the_residual_variance(data: Path) -> None:
+    """With the true physics and zero score, the residual of one reverse step is the inverse step
+    applied to the velocity kick: variance ≈ g² dt on velocities, small on positions; the
+    calibrated noise reproduces the measured variances per component."""
+    d = read(data / "train.h5", simulator="nbody")
+    system = system_for(d.meta, d.x.shape[2:])
+    drift = reverse_drift(system.physics_drift("true"), lambda x, t: torch.zeros_like(x),
+                          d.meta.g)
+    var = system.calibrate(drift, d.x.double())
+    assert var.shape == (d.meta.n_steps, 3, 4)
+    g2dt = d.meta.g**2 * d.meta.dt
+    vel = var[..., 2:].mean().item() / g2dt
+    assert 0.8 < vel < 1.2
+    assert var[..., :2].mean().item() < 0.1 * g2dt
+    noise = system.noise(var)
+    z = noise(torch.zeros(20000, 3, 4), 0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.var(0), var[-1].float(), rtol=0.05, atol=1e-7)
+    white = system.noise(None)(torch.zeros(20000, 3, 4), 0, torch.Generator().manual_seed(0))
+    assert (white[..., :2] == 0).all() and abs(white[..., 2:].var().item() / g2dt - 1) < 0.03
