@@ -1,13 +1,14 @@
 """smoke-64: buoyancy-driven smoke with obstacles, on PhiFlow, exchanging plain torch tensors.
 
-The system (method.md §5 smoke-64), on the domain [0, 100]² with closed walls:
+The system (method.md §5 smoke-64), on the domain [0, 100]² with walls (v·n = 0) left, right and bottom and an open top
+(zero-gradient velocity, p = 0):
 
     s ← A_s(s, v, dt) + r dt · 1[t < 0.2] · 1_inflow        A_s: MacCormack (or semi-Lagrangian)
     v ← A_v(v, v, dt) + dt · 0.1 · s ê_y                     A_v: semi-Lagrangian
-    v ← v − ∇p,  ∇·(∇p) = ∇·v with v·n = 0 at walls and obstacles        (pressure projection)
+    v ← v − ∇p,  ∇·(∇p) = ∇·v with v·n = 0 at walls and obstacles      (pressure projection)
 
 with s the smoke density, v the velocity (staggered inside the step), the inflow 1_inflow the
-indicator of the cells whose centre lies in the sphere at (50, 10) of radius 5, added at rate
+fraction of each cell covered by the sphere at (50, 10) of radius 5, added at rate
 r = 0.2 per frame (the rate of PhiFlow's smoke-plume demo; method.md does not state one), and one
 frame = simulator dt 1 = physical time 0.01.
 
@@ -23,13 +24,14 @@ Obstacle geometry: a tensor (B, n_max, 5) of rows [kind, x, y, size_x, size_y] i
 kind 0 = no obstacle (the row is ignored), 1 = axis-aligned box with centre (x, y) and full
 extents (size_x, size_y), 2 = sphere with centre (x, y) and radius size_x (size_y is ignored, set
 to size_x by `sample_obstacles`). The solid mask (B, 1, H, W) is 1 in cells whose centre lies in
-a box or sphere (`obstacle_mask`); velocities are 0 there after every step.
+a box or sphere (`obstacle_mask`); velocities are 0 there after every step. (The projection
+itself sees PhiFlow's volume fractions of the same shapes; the two agree up to boundary cells.)
 
 Traps (method.md §6): the step is a `phi.math.jit_compile`d function, traced once per (shape,
 dtype, advection scheme) and cached here; everything that varies (state, obstacles, inflow,
 dt) is an argument, never a captured tensor. A closed box with obstacles makes PhiFlow detect a
-rank deficiency and the CG solve diverge, so the solve declares ``rank_deficiency=0`` (the
-divergence is balanced beforehand, so the singular Neumann system is consistent). Per-sample
+rank deficiency and the CG solve diverge; the top is open instead, which makes the pressure
+system regular, so CG also reaches the float64 tolerances of the gradient checks. Per-sample
 obstacles build one batched sparse matrix whose flat index overflows int32 when
 batch·H·W > 46 340, so batches are split into chunks of at most 46 340 // (H·W) items (11 at 64²).
 
