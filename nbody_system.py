@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from physdiff import calibration
+from physdiff import calibration, metrics
 from physdiff.data import Metadata
 from physdiff.noise import diagonal_noise, residual_power
 from physdiff.samplers import Noise
@@ -139,14 +139,14 @@ class NBodySystem:
         out: dict[str, Any] = {}
         m = self.masses.to(x_0)
         if point is not None:
-            out["mse_pos"] = _mse(point[..., :2], x_0[..., :2])
-            out["mse"] = _mse(point, x_0)
+            out["mse_pos"] = metrics.mse(point[..., :2], x_0[..., :2])
+            out["mse"] = metrics.mse(point, x_0)
             out["resim_dist"] = _dist(self.forward_noise_free(point), x_T)
         if samples is not None:
             truth = x_0[:, None].expand_as(samples)
-            out["mse_pos_per_sample"] = _mse(samples[..., :2], truth[..., :2])
-            out["mse_pos_of_mean"] = _mse(samples.mean(1)[..., :2], x_0[..., :2])
-            out["mse_per_sample"] = _mse(samples, truth)
+            out["mse_pos_per_sample"] = metrics.mse(samples[..., :2], truth[..., :2])
+            out["mse_pos_of_mean"] = metrics.mse(samples.mean(1)[..., :2], x_0[..., :2])
+            out["mse_per_sample"] = metrics.mse(samples, truth)
             out["spread_pos"] = samples[..., :2].std(1).mean().item()
             flat, flat_truth = samples.flatten(2).double(), x_0.flatten(1).double()
             n = samples.shape[1]
@@ -170,10 +170,6 @@ class NBodySystem:
             out["energy_change"] = (energy - energy[:, -1:]).abs().mean().item()
             out["momentum_change"] = (mom - mom[:, -1:]).norm(dim=-1).mean().item()
         return out
-
-
-def _mse(x: Tensor, y: Tensor) -> float:
-    return (x.double() - y.double()).square().mean().item()
 
 
 def _dist(x: Tensor, y: Tensor) -> float:
