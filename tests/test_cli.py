@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -30,15 +31,6 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
     train.main(["--data", str(data), "--out", str(out), "--preset", "tiny", "--device", "cpu"])
     return out
-
-
-def _error(capsys: pytest.CaptureFixture[str], fn: object, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        fn(argv)  # type: ignore[operator]
-    assert exc.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_generate_writes_normalised_splits_and_is_reproducible(data: Path, tmp_path: Path) -> None:
@@ -103,35 +95,36 @@ def test_infer_on_user_npy(trained: Path, tmp_path: Path) -> None:
         assert f["samples"].shape == (2, 2, 1, 8, 8) and "truth" not in f
 
 
-def test_bad_input_gives_one_line_errors(data: Path, trained: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_gives_one_line_errors(
+        data: Path, trained: Path, tmp_path: Path,
+        one_line_error: Callable[[object, list[str]], str]) -> None:
     ckpt = str(trained / "checkpoint.pt")
-    err = _error(capsys, train.main, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    err = one_line_error(train.main, ["--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert "nope/train.h5" in err and "no such file" in err
     # a finished run is not overwritten without --resume
-    err = _error(capsys, train.main, ["--data", str(data), "--out", str(trained),
+    err = one_line_error(train.main, ["--data", str(data), "--out", str(trained),
                                       "--preset", "tiny"])
     assert "--resume" in err
     np.save(tmp_path / "nan.npy", np.full((1, 8, 8), np.nan, dtype=np.float32))
-    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--observed",
+    err = one_line_error(infer.main, ["--checkpoint", ckpt, "--observed",
                                       str(tmp_path / "nan.npy"), "--out", str(tmp_path / "o")])
     assert "NaN" in err and "nan.npy" in err
     np.save(tmp_path / "big.npy", np.zeros((1, 16, 16), dtype=np.float32))
-    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--observed",
+    err = one_line_error(infer.main, ["--checkpoint", ckpt, "--observed",
                                       str(tmp_path / "big.npy"), "--out", str(tmp_path / "o")])
     assert "(1, 1, 16, 16)" in err and "(M, 1, 8, 8)" in err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    err = _error(capsys, infer.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--data",
+    err = one_line_error(infer.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--data",
                                       str(data / "test.h5"), "--out", str(tmp_path / "o")])
     assert "bad.pt" in err
-    err = _error(capsys, generate.main, ["--steps", "-3", "--out", str(tmp_path / "g")])
+    err = one_line_error(generate.main, ["--steps", "-3", "--out", str(tmp_path / "g")])
     assert "--steps" in err
-    err = _error(capsys, train.main, ["--data", str(data), "--out", str(tmp_path / "t"),
+    err = one_line_error(train.main, ["--data", str(data), "--out", str(tmp_path / "t"),
                                       "--stages", "1:5,9:5"])
     assert "rollout 9" in err
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros((1, 5, 1, 8, 8), dtype=np.float32)
         f.attrs.update(schema=99)
-    err = _error(capsys, infer.main, ["--checkpoint", ckpt, "--data", str(tmp_path / "other.h5"),
+    err = one_line_error(infer.main, ["--checkpoint", ckpt, "--data", str(tmp_path / "other.h5"),
                                       "--out", str(tmp_path / "o")])
     assert "schema version 99" in err

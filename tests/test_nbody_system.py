@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -29,15 +30,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("nbody")
     generate.main([*TINY, "--out", str(out)])
     return out
-
-
-def _error(capsys: pytest.CaptureFixture[str], fn: object, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exc:
-        fn(argv)  # type: ignore[operator]
-    assert exc.value.code != 0
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_dataset_records_masses_and_has_velocity_only_noise(data: Path) -> None:
@@ -104,32 +96,32 @@ def test_chain_train_infer_runs_with_each_physics(data: Path, tmp_path: Path,
 
 
 def test_bad_masses_and_observations_give_one_line_errors(
-        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _error(capsys, generate.main, [*TINY[:-2], "--masses", "1,0,2", "--out", str(tmp_path)])
+        data: Path, tmp_path: Path, one_line_error: Callable[[object, list[str]], str]) -> None:
+    err = one_line_error(generate.main, [*TINY[:-2], "--masses", "1,0,2", "--out", str(tmp_path)])
     assert "--masses" in err and "positive" in err
-    err = _error(capsys, generate.main, [*TINY, "--masses", "1,2", "--out", str(tmp_path)])
+    err = one_line_error(generate.main, [*TINY, "--masses", "1,2", "--out", str(tmp_path)])
     assert "--masses" in err and "3 positive" in err
     run = tmp_path / "run"
     train.main(["--data", str(data), "--out", str(run), "--preset", "tiny", "--width", "8",
                 "--device", "cpu"])
     obs = tmp_path / "obs.npy"
     np.save(obs, np.zeros((2, 4, 4), dtype=np.float32))  # 4 bodies, checkpoint has 3
-    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
+    err = one_line_error(infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
                                       str(obs), "--out", str(tmp_path / "p")])
     assert "(M, 3, 4)" in err
     bad = np.zeros((2, 3, 4), dtype=np.float32)
     bad[1, 0, 0] = np.nan
     np.save(obs, bad)
-    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
+    err = one_line_error(infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--observed",
                                       str(obs), "--out", str(tmp_path / "p")])
     assert "NaN" in err
     heat_dir = tmp_path / "heat"
     generate.main(["--n-train", "4", "--n-valid", "2", "--n-test", "2", "--size", "8",
                    "--steps", "6", "--t-final", "0.3", "--out", str(heat_dir)])
-    err = _error(capsys, infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--data",
+    err = one_line_error(infer.main, ["--checkpoint", str(run / "checkpoint.pt"), "--data",
                                       str(heat_dir / "test.h5"), "--out", str(tmp_path / "p")])
     assert "heat" in err and "nbody" in err
-    err = _error(capsys, train.main, ["--data", str(heat_dir), "--out", str(tmp_path / "r2"),
+    err = one_line_error(train.main, ["--data", str(heat_dir), "--out", str(tmp_path / "r2"),
                                       "--preset", "tiny", "--physics", "learned"])
     assert "--physics learned" in err
 
