@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-heat bench-quick bench-nbody bench-nbody-quick clean
+.PHONY: setup demo demo-smoke test lint bench bench-heat bench-quick bench-nbody bench-nbody-quick \
+	bench-smoke bench-smoke-quick clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,14 @@ demo: setup
 	$(PY) infer.py --checkpoint runs/demo/checkpoint.pt --data runs/demo/data/test.h5 \
 		--limit 64 --n-samples 16 --out runs/demo/posterior
 
+# Small smoke demo (32², 32 simulations): generate -> train -> infer t = 0.35 and t = 0 with
+# figures and a GIF, in runs/demo-smoke/.
+demo-smoke: setup
+	$(PY) generate.py --recipe datasets/smoke-demo.json --out runs/demo-smoke/data
+	$(PY) train.py --data runs/demo-smoke/data --out runs/demo-smoke --preset smoke-demo --resume
+	$(PY) infer.py --checkpoint runs/demo-smoke/checkpoint.pt --data runs/demo-smoke/data/test.h5 \
+		--n-samples 8 --out runs/demo-smoke/posterior
+
 test: setup
 	$(PY) -m ruff check physdiff simulators tests benchmarks *.py
 	$(PY) -m pytest -q
@@ -28,7 +37,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check physdiff simulators tests benchmarks *.py
 
-bench: bench-heat bench-nbody
+bench: bench-heat bench-nbody bench-smoke
 
 bench-heat: setup
 	$(PY) benchmarks/heat.py
@@ -44,3 +53,9 @@ bench-nbody-quick: setup
 
 clean:
 	rm -rf runs benchmarks/results
+
+bench-smoke: setup
+	$(PY) benchmarks/smoke.py
+
+bench-smoke-quick: setup
+	$(PY) benchmarks/smoke.py --quick

@@ -14,7 +14,8 @@ import h5py
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run", "write_text_atomic"]
+__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run", "write_h5_atomic",
+           "write_text_atomic"]
 
 
 class UsageError(ValueError):
@@ -99,4 +100,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_h5_atomic(path: Path, arrays: dict, attrs: dict) -> None:
+    """Write tensors (name -> tensor) and attributes to an HDF5 file via `<path>.tmp` + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for name, value in arrays.items():
+            f.create_dataset(name, data=value.detach().cpu().numpy())
+        f.attrs.update(attrs)
     os.replace(tmp, path)

@@ -6,11 +6,18 @@ Examples:
     python generate.py heat --n-train 100 --n-valid 20 --n-test 20 --size 16 --out /tmp/heat
     python generate.py --recipe datasets/nbody-5.json --out datasets/nbody-5
     python generate.py nbody --bodies 3 --masses 1,2,3 --n-train 200 --out /tmp/nbody
+    python generate.py --recipe datasets/smoke-64.json --out datasets/smoke-64
+    python generate.py --recipe datasets/smoke-64.json --out datasets/smoke-64 --shard 0/2 &
+    python generate.py --recipe datasets/smoke-64.json --out datasets/smoke-64 --shard 1/2; wait
+    python generate.py --recipe datasets/smoke-64.json --out datasets/smoke-64 --join
 
 Heat states are Gaussian random fields stored normalised by the training split's scalar mean and
 std (method.md §5). N-body states (N, 4) = x, y, vx, vy per body are stored in raw units (G = 1,
 normalisation 0 / 1): positions uniform in a disk, Gaussian velocities, centre of mass at rest at
 the origin; leapfrog with `--substeps` substeps per step and velocity kicks g √dt z per step.
+Smoke states (3, H, W) = smoke, v_x, v_y at cell centres, raw units, start from rest; the obstacles
+of every simulation are stored in /geometry and /mask (smoke_generation.py explains the parts,
+shards, --join and resume).
 
 Splits that already exist with the same parameters are kept (an interrupted run resumes);
 each file is written to a temporary name and renamed when complete.
@@ -30,7 +37,8 @@ from tqdm import tqdm
 
 from cli import UsageError, apply_recipe, non_negative, positive, run
 from physdiff.data import DataError, Metadata, read_metadata, write
-from simulators import heat, nbody
+from simulators import heat, nbody, smoke
+from smoke_generation import generate_smoke
 from systems import code_version
 
 SPLITS = ("train", "valid", "test")
@@ -39,18 +47,19 @@ CHUNK = 250  # trajectories simulated at once; fixed so that files do not depend
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("simulator", nargs="?", default="heat", choices=["heat", "nbody"],
+    p.add_argument("simulator", nargs="?", default="heat", choices=["heat", "nbody", "smoke"],
                    help="physical system (default: heat)")
     p.add_argument("--recipe", type=Path, help="JSON file of defaults, e.g. datasets/heat-32.json")
     p.add_argument("--out", type=Path, required=True, help="output folder for <split>.h5")
     p.add_argument("--n-train", type=positive(int), default=2500)
     p.add_argument("--n-valid", type=positive(int), default=500)
     p.add_argument("--n-test", type=positive(int), default=500)
-    p.add_argument("--t-final", type=positive(float), help="end time T (heat 0.2, nbody 1)")
+    p.add_argument("--t-final", type=positive(float), help="end time T (heat 0.2, nbody 1, smoke "
+                   "0.65)")
     p.add_argument("--steps", type=positive(int), help="time steps K, dt = T / K (heat 32, "
-                   "nbody 20)")
+                   "nbody 20, smoke 65)")
     p.add_argument("--g", type=non_negative(float), help="noise scale, in normalised units "
-                   "(heat 0.1, nbody 0.1)")
+                   "(heat 0.1, nbody 0.1, smoke 0.1 raw units)")
     heat_ = p.add_argument_group("heat")
     heat_.add_argument("--size", type=positive(int), default=32, help="grid size H = W (even)")
     heat_.add_argument("--exponent", type=float, default=4.0,
@@ -64,6 +73,16 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("--radius", type=positive(float), default=1.0, help="prior disk radius")
     nb.add_argument("--velocity-scale", type=non_negative(float), default=0.3,
                     help="prior velocity std per component")
+    sm = p.add_argument_group("smoke")
+    sm.add_argument("--resolution", type=positive(int), default=64, help="cells per side")
+    sm.add_argument("--boxes", default="1-2", help="boxes per simulation, N or MIN-MAX")
+    sm.add_argument("--spheres", default="1-2", help="spheres per simulation, N or MIN-MAX")
+    sm.add_argument("--advection", choices=["maccormack", "semi-lagrangian"],
+                    default="maccormack", help="smoke advection scheme")
+    sm.add_argument("--inflow-rate", type=non_negative(float), default=smoke.INFLOW_RATE,
+                    help="smoke added per frame in the inflow sphere while t < 0.2")
+    sm.add_argument("--shard", help="I/N: make only every N-th part, starting at I (no join)")
+    sm.add_argument("--join", action="store_true", help="only join finished parts")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -73,7 +92,8 @@ def _split_generator(seed: int, index: int) -> torch.Generator:
 
 
 DEFAULTS = {"heat": {"t_final": 0.2, "steps": 32, "g": 0.1},
-            "nbody": {"t_final": 1.0, "steps": 20, "g": 0.1}}
+            "nbody": {"t_final": 1.0, "steps": 20, "g": 0.1},
+            "smoke": {"t_final": 0.65, "steps": 65, "g": 0.1}}
 
 
 def _matches(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:
@@ -91,6 +111,9 @@ def generate(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if args.n_train < 2:
         raise UsageError("--n-train: need at least 2 trajectories to normalise")
+    if args.simulator == "smoke":
+        generate_smoke(args, code_version())
+        return
     (generate_heat if args.simulator == "heat" else generate_nbody)(args)
 
 

@@ -13,6 +13,7 @@ drift moves the positions. Physics drifts (`--physics`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,15 @@ class NBodySystem:
             x = self.step(x)
         return x
 
-    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None) -> Drift:
+    def condition(self, extras: dict[str, Tensor], source: str) -> None:
+        """What the drift needs besides the state: nothing (masses are per dataset)."""
+        return
+
+    def score_fn(self, net: nn.Module, condition: None = None) -> Drift:
+        return net
+
+    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
+                      condition: None = None) -> Drift:
         dt, sub = self.meta.dt, self.substeps
         if kind == "true":
             return from_inverse_step(lambda x: nbody.leapfrog(x, -dt, self.gravity(x), sub), dt)
@@ -106,11 +115,13 @@ class NBodySystem:
         pos, vel = x[..., :2] @ rot.T, x[..., 2:] @ rot.T
         return torch.cat([pos, vel], dim=-1)
 
-    def calibrate(self, drift: Drift, trajectories: Tensor) -> Tensor:
+    def calibrate(self, drift_for: Callable[[None], Drift], trajectories: Tensor,
+                  condition: None = None) -> Tensor:
         """Per-step, per-component variance of the one-step residual, (K, N, 4)."""
-        return residual_power(drift, trajectories, self.meta.times(), self.meta.dt).float()
+        return residual_power(drift_for(None), trajectories, self.meta.times(),
+                              self.meta.dt).float()
 
-    def noise(self, calibration_: Tensor | None) -> Noise:
+    def noise(self, calibration_: Tensor | None, condition: None = None) -> Noise:
         """Calibrated diagonal noise, or the SDE's own g √dt z on the velocities."""
         if calibration_ is not None:
             return diagonal_noise(calibration_)
@@ -123,7 +134,7 @@ class NBodySystem:
         return white
 
     def exact_posterior(self, x_T: Tensor) -> None:
-        return None
+        return
 
     def evaluate(self, x_0: Tensor, x_T: Tensor, samples: Tensor | None = None,
                  point: Tensor | None = None, exact: Any = None,

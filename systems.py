@@ -2,13 +2,16 @@
 
 Scripts (generate.py, train.py, infer.py, benchmarks/) import this; the library and the
 simulators never do. Every system offers the same methods (see `HeatSystem`); the N-body toy
-lives in nbody_system.py.
+lives in nbody_system.py, the smoke flow in smoke_system.py. A system may need a per-trajectory
+*condition* besides the state (smoke: the obstacle geometry): `condition` extracts it from a
+file's extra arrays, and the drifts, the score and the noise are bound to it per batch.
 """
 
 from __future__ import annotations
 
 import math
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,8 +29,9 @@ from physdiff.noise import residual_spectra, spectral_noise
 from physdiff.samplers import Noise
 from physdiff.sde import Drift, as_drift
 from simulators import heat
+from smoke_system import SmokeSystem
 
-__all__ = ["SIMULATORS", "HeatSystem", "NBodySystem", "System", "augment_periodic", "code_version",
+__all__ = ["SIMULATORS", "HeatSystem", "NBodySystem", "SmokeSystem", "System", "augment_periodic", "code_version",
            "pick_device", "system_for"]
 
 
@@ -77,7 +81,15 @@ class HeatSystem:
         """Noise-free forward step S_dt."""
         return heat.step(x, self.meta.dt)
 
-    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None) -> Drift:
+    def condition(self, extras: dict[str, Tensor], source: str) -> None:
+        """What the drift needs besides the state, from a file's per-trajectory arrays: nothing."""
+        return
+
+    def score_fn(self, net: nn.Module, condition: None = None) -> Drift:
+        return net
+
+    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
+                      condition: None = None) -> Drift:
         """P with backward Euler step 2x − S(x) (method.md §2, diffusion); kind 'none' drops the
         physics (the network alone learns the reverse step)."""
         if kind == "true":
@@ -89,11 +101,12 @@ class HeatSystem:
     def physics_net(self, width: int) -> nn.Module:
         raise ValueError("--physics learned: not available for heat (the exact step is known)")
 
-    def calibrate(self, drift: Drift, trajectories: Tensor) -> Tensor:
+    def calibrate(self, drift_for: Callable[[None], Drift], trajectories: Tensor,
+                  condition: None = None) -> Tensor:
         """Per-step Fourier power of the one-step residual, (K, 1, H, W) (physdiff/noise.py)."""
-        return residual_spectra(drift, trajectories, self.meta.times(), self.meta.dt)
+        return residual_spectra(drift_for(None), trajectories, self.meta.times(), self.meta.dt)
 
-    def noise(self, calibration: Tensor | None) -> Noise | None:
+    def noise(self, calibration: Tensor | None, condition: None = None) -> Noise | None:
         """Calibrated spectral noise, or None for the textbook g √dt z."""
         return spectral_noise(calibration) if calibration is not None else None
 
@@ -155,9 +168,9 @@ class HeatSystem:
         return out
 
 
-System = HeatSystem | NBodySystem
-SIMULATORS: dict[str, type[HeatSystem | NBodySystem]] = {"heat": HeatSystem,
-                                                               "nbody": NBodySystem}
+System = HeatSystem | NBodySystem | SmokeSystem
+SIMULATORS: dict[str, type[System]] = {"heat": HeatSystem, "nbody": NBodySystem,
+                                       "smoke": SmokeSystem}
 
 
 def system_for(meta: Metadata, state_shape: tuple[int, ...]) -> System:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cli import UsageError, positive, run, write_text_atomic
 from physdiff.data import Metadata, read
 from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
-from physdiff.sde import reverse_drift
+from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
 from systems import code_version, pick_device, system_for
 
@@ -56,6 +56,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the joint-physics and network-only models)
     "nbody": {"stages": "1:3000,4:600", "batch_size": 64, "lr": 1e-3, "width": 64,
               "depth": 2},
+    # smoke-64: a U-Net of width 16 (0.24 s per update of 16 states, against 0.74 s for one
+    # batched PhiFlow inverse step of 16). An update of a rollout stage longer than 1 runs the
+    # PhiFlow step with gradients item by item (simulators/smoke.py; 0.5 s per item and step),
+    # so the multi-step stage is short. Validation on 2 trajectories (130 physics steps) and
+    # calibration on 16 keep those cheap.
+    "smoke-64": {"stages": "1:2500,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
+                 "depth": 1, "val_every": 500, "val_trajectories": 2, "val_chunk": 1,
+                 "calibration_trajectories": 16},
+    "smoke-demo": {"stages": "1:600,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
+                   "depth": 1, "val_every": 200, "val_trajectories": 4, "val_chunk": 1,
+                   "calibration_trajectories": 8},
     # seconds: for tests
     "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},
 }
@@ -80,6 +91,8 @@ class TrainConfig:
     physics: str = "true"
     physics_width: int = 64
     anchor_weight: float = 1.0
+    val_trajectories: int = 64
+    val_chunk: int = 64
 
 
 # flags that may change on --resume without changing the result
@@ -127,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
                    help="torchdiffeq method of multi-step rollouts (euler = discrete steps)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random rotations / flips / translations")
-    p.add_argument("--val-every", type=positive(int), default=250)
+    p.add_argument("--val-every", type=positive(int), help="validate every N updates (250)")
     p.add_argument("--save-every", type=positive(int), default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--physics", choices=["true", "learned", "none"],
@@ -136,8 +149,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--physics-width", type=positive(int), help="learned physics MLP width (64)")
     p.add_argument("--anchor-weight", type=positive(float),
                    help="weight of the forward one-step loss of learned physics (1)")
-    p.add_argument("--calibration-trajectories", type=positive(int), default=512,
-                   help="training trajectories used to calibrate the reverse-step noise")
+    p.add_argument("--calibration-trajectories", type=positive(int),
+                   help="training trajectories used to calibrate the reverse-step noise (512)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--stop-after", type=positive(int),
@@ -156,14 +169,16 @@ def make_config(args: argparse.Namespace) -> TrainConfig:
 
 
 class Batches:
-    """Random windows from in-memory trajectories; every draw uses the given generator."""
+    """Random windows from in-memory trajectories, with their condition (or None); every draw
+    uses the given generator."""
 
     def __init__(self, x: torch.Tensor, meta: Metadata, system: Any, device: torch.device,
-                 augment: bool) -> None:
+                 augment: bool, condition: torch.Tensor | None = None) -> None:
         self.x, self.meta, self.system, self.device, self.augment = x, meta, system, device, augment
+        self.condition = condition
 
     def __call__(self, batch_size: int, rollout: int, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         n, k_plus_1 = self.x.shape[:2]
         traj = torch.randint(0, n, (batch_size,), generator=generator)
         end = torch.randint(rollout, k_plus_1, (batch_size,), generator=generator)
@@ -172,7 +187,8 @@ class Batches:
         if self.augment:
             window = self.system.augment(window, generator)
         t_end = end.double() * self.meta.dt
-        return window.to(self.device), t_end.to(self.device, window.dtype)
+        cond = None if self.condition is None else self.condition[traj].to(self.device)
+        return window.to(self.device), t_end.to(self.device, window.dtype), cond
 
 
 def _log_lines_upto(log: Path, step: int) -> None:
@@ -192,6 +208,8 @@ def train(args: argparse.Namespace) -> None:
         raise UsageError(f"--stages: rollout {max(s.rollout for s in stages)} exceeds the "
                          f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
     system = system_for(data.meta, data.x.shape[2:])
+    condition = system.condition(data.extras, str(args.data / "train.h5"))
+    valid_condition = system.condition(valid.extras, str(args.data / "valid.h5"))
     torch.manual_seed(cfg.seed)  # network initialisation
     model = system.score_net(cfg.width, cfg.depth, cfg.spectral, cfg.physics).to(device)
     physics_net = (system.physics_net(cfg.physics_width).to(device) if cfg.physics == "learned"
@@ -223,13 +241,17 @@ def train(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
-    drift = reverse_drift(system.physics_drift(cfg.physics, physics_net), model, data.meta.g,
-                          c=1.0)
-    batches = Batches(data.x, data.meta, system, device, cfg.augment)
+    def drift_for(cond: torch.Tensor | None) -> Drift:
+        """The c = 1 reverse drift, bound to a batch's condition (None for most systems)."""
+        return reverse_drift(system.physics_drift(cfg.physics, physics_net, cond),
+                             system.score_fn(model, cond), data.meta.g, c=1.0)
+
+    batches = Batches(data.x, data.meta, system, device, cfg.augment, condition)
     dt, g = data.meta.dt, data.meta.g
 
     def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
-        window, t_end = batches(cfg.batch_size, rollout, gen)
+        window, t_end, cond = batches(cfg.batch_size, rollout, gen)
+        drift = drift_for(cond)
         if rollout == 1:
             loss = one_step_loss(drift, window[:, 0], window[:, 1], t_end, dt, g)
         else:
@@ -241,16 +263,26 @@ def train(args: argparse.Namespace) -> None:
                 pairs[:, 1:].flatten(0, 1), dt, g)
         return loss
 
-    val = valid.x[:64].to(device)
-    val_times = valid.meta.times()[1:].to(device, val.dtype).repeat(val.shape[0])
+    val = valid.x[:cfg.val_trajectories].to(device)
+    val_times = valid.meta.times()[1:].to(device, val.dtype)
+    val_cond = None if valid_condition is None else valid_condition[:cfg.val_trajectories]
 
     @torch.no_grad()
     def validate() -> float:
+        """One-step loss over every step of the first validation trajectories, in chunks."""
         model.eval()
-        loss = one_step_loss(drift, val[:, :-1].flatten(0, 1), val[:, 1:].flatten(0, 1),
-                             val_times, dt, g).item()
+        total, count = 0.0, 0
+        for i in range(0, val.shape[0], cfg.val_chunk):
+            chunk = val[i:i + cfg.val_chunk]
+            k = chunk.shape[1] - 1
+            cond = (None if val_cond is None
+                    else val_cond[i:i + cfg.val_chunk].repeat_interleave(k, 0).to(device))
+            total += one_step_loss(drift_for(cond), chunk[:, :-1].flatten(0, 1),
+                                   chunk[:, 1:].flatten(0, 1), val_times.repeat(chunk.shape[0]),
+                                   dt, g).item() * chunk.shape[0]
+            count += chunk.shape[0]
         model.train()
-        return loss
+        return total / count
 
     def save(step: int, noise_spectra: torch.Tensor | None = None) -> None:
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
@@ -289,7 +321,8 @@ def train(args: argparse.Namespace) -> None:
         return
     model.eval()
     n_cal = min(cfg.calibration_trajectories, data.x.shape[0])
-    save(step, system.calibrate(drift, data.x[:n_cal].to(device)))
+    cal_cond = None if condition is None else condition[:n_cal].to(device)
+    save(step, system.calibrate(drift_for, data.x[:n_cal].to(device), cal_cond))
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")

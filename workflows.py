@@ -5,7 +5,7 @@ reverse samplers in batches, and score the results (against the exact posterior 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,16 @@ class Model:
     def physics(self) -> str:
         return self.config.get("physics", "true")
 
-    def drift(self, c: float = 1.0, score: Drift | None = None) -> Drift:
-        physics = self.system.physics_drift(self.physics, self.physics_net)
-        return reverse_drift(physics, score or self.score, self.meta.g, c)
+    def drift(self, c: float = 1.0, score: Drift | None = None,
+              condition: Tensor | None = None) -> Drift:
+        """Reverse drift P − c g² s, bound to a batch's condition (None for most systems)."""
+        physics = self.system.physics_drift(self.physics, self.physics_net, condition)
+        return reverse_drift(physics, score or self.system.score_fn(self.score, condition),
+                             self.meta.g, c)
 
-    def times(self, device: torch.device) -> Tensor:
-        """Reverse grid t_K .. t_0, float32 on device."""
-        return self.meta.times().flip(0).to(device, torch.float32)
+    def times(self, device: torch.device, stop: int = 0) -> Tensor:
+        """Reverse grid t_K .. t_stop, float32 on device."""
+        return self.meta.times()[stop:].flip(0).to(device, torch.float32)
 
 
 def load_model(path: Path, device: torch.device) -> Model:
@@ -76,62 +79,90 @@ def check_observations(x_T: Tensor, model: Model, source: str) -> None:
         raise ValueError(f"{source}: {bad} observed state(s) contain NaN or Inf")
 
 
+def _batches(x: Tensor, condition: Tensor | None, size: int
+             ) -> list[tuple[Tensor, Tensor | None]]:
+    cond = [None] * -(-x.shape[0] // size) if condition is None else condition.split(size)
+    return list(zip(x.split(size), cond, strict=True))
+
+
+def _keep(path: Tensor, keep: Sequence[int] | None, stop: int = 0) -> Tensor:
+    """A path t_K .. t_stop (reverse order) -> the states at forward time indices `keep`,
+    (B, len(keep), *), or the whole path in forward order (B, K + 1 − stop, *) if keep is None."""
+    forward = path.flip(0).transpose(0, 1)
+    return forward if keep is None else forward[:, [k - stop for k in keep]]
+
+
 @torch.no_grad()
 def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generator,
                      noise: str = "calibrated", corrector_snr: float = 0.0,
                      batch_size: int = 512, progress: bool = True,
-                     return_paths: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                     return_paths: bool = False, condition: Tensor | None = None,
+                     keep: Sequence[int] | None = None, stop: int = 0
+                     ) -> Tensor | tuple[Tensor, Tensor]:
     """n reverse-SDE samples of x_0 for each observation: (B, *state) -> (B, n, *state).
 
     noise: 'calibrated' (the per-step residual covariance stored in the checkpoint) or 'white'
     (the SDE's own g √dt z). With return_paths, also the whole reverse paths in forward time
-    order, (B, n, K + 1, *state).
+    order, (B, n, K + 1, *state); with `keep` (forward time indices), instead of x_0 the states
+    at those indices, (B, n, len(keep), *state). `condition` (B, *) goes with the observations
+    (the smoke obstacles). `stop` > 0 ends the reverse path at t_stop instead of t_0 (then keep
+    every index of `keep` >= stop).
     """
     device = x_T.device
-    ts = model.times(device)
-    if noise == "calibrated":
-        if model.noise_spectra is None:
-            raise CheckpointError("checkpoint has no noise calibration (training did not finish)"
-                                  "; use --noise white or finish training with --resume")
-        noise_fn = model.system.noise(model.noise_spectra.to(device))
-    elif noise == "white":
-        noise_fn = model.system.noise(None)
-    else:
+    ts = model.times(device, stop)
+    if noise == "calibrated" and model.noise_spectra is None:
+        raise CheckpointError("checkpoint has no noise calibration (training did not finish)"
+                              "; use --noise white or finish training with --resume")
+    if noise not in ("calibrated", "white"):
         raise ValueError(f"--noise {noise}: expected 'calibrated' or 'white'")
-    corrector = langevin_corrector(model.score, corrector_snr) if corrector_snr > 0 else None
-    drift = model.drift(c=1.0)
+    calibration = model.noise_spectra.to(device) if noise == "calibrated" else None
     flat = repeat_samples(x_T, n)
+    flat_cond = None if condition is None else repeat_samples(condition.to(device), n)
     out = []
-    for start in tqdm(range(0, flat.shape[0], batch_size), desc="reverse SDE", unit="batch",
-                      disable=None if progress else True):
-        path = euler_maruyama(drift, flat[start:start + batch_size], ts, model.meta.g,
-                              generator, noise_fn, corrector, return_path=return_paths)
-        out.append(path.flip(0).transpose(0, 1) if return_paths else path)
-    if return_paths:
-        paths = torch.cat(out).reshape(x_T.shape[0], n, *out[0].shape[1:])
-        return paths[:, :, 0], paths
-    return torch.cat(out).reshape(x_T.shape[0], n, *x_T.shape[1:])
+    for xb, cb in tqdm(_batches(flat, flat_cond, batch_size), desc="reverse SDE", unit="batch",
+                       disable=None if progress else True):
+        score = model.system.score_fn(model.score, cb)
+        corrector = langevin_corrector(score, corrector_snr) if corrector_snr > 0 else None
+        noise_fn = model.system.noise(calibration, cb)
+        paths = return_paths or keep is not None
+        path = euler_maruyama(model.drift(c=1.0, condition=cb), xb, ts, model.meta.g,
+                              generator, noise_fn, corrector, return_path=paths)
+        out.append(_keep(path, keep, stop) if paths else path)
+    out_ = torch.cat(out)
+    out_ = out_.reshape(x_T.shape[0], n, *out_.shape[1:])
+    if return_paths and keep is None:
+        return out_[:, :, 0], out_
+    return out_
 
 
 @torch.no_grad()
 def reconstruct(model: Model, x_T: Tensor, kind: str, method: str = "euler",
-                batch_size: int = 512) -> Tensor:
-    """Deterministic reconstructions of x_0, (B, *state) -> (B, *state).
+                batch_size: int = 512, condition: Tensor | None = None,
+                keep: Sequence[int] | None = None, stop: int = 0) -> Tensor:
+    """Deterministic reconstructions of x_0, (B, *state) -> (B, *state), or with `keep` the
+    states at those forward time indices, (B, len(keep), *state).
 
     kind 'ode': the probability-flow ODE (c = 1/2) with torchdiffeq `method`;
     kind 'mean': the noise-free c = 1 path, which iterates the learned conditional means (for
-    linear-Gaussian physics it is the posterior mean E[x_0 | x_T]).
+    linear-Gaussian physics it is the posterior mean E[x_0 | x_T]);
+    kind 'naive': the approximate inverse physics alone, no score and no noise (a baseline).
+    `stop` as in `sample_posterior`.
     """
-    ts = model.times(x_T.device)
+    ts = model.times(x_T.device, stop)
     out = []
-    for xb in x_T.split(batch_size):
+    for xb, cb in _batches(x_T, condition, batch_size):
+        paths = keep is not None
         if kind == "ode":
-            out.append(probability_flow(model.drift(c=0.5), xb, ts, method))
-        elif kind == "mean":
-            out.append(euler_maruyama(model.drift(c=1.0), xb, ts, model.meta.g,
-                                      noise=lambda x, i, gen: torch.zeros_like(x)))
+            path = probability_flow(model.drift(c=0.5, condition=cb), xb, ts, method,
+                                    return_path=paths)
+        elif kind in ("mean", "naive"):
+            score = (lambda x, t: torch.zeros_like(x)) if kind == "naive" else None
+            path = euler_maruyama(model.drift(c=1.0, score=score, condition=cb), xb, ts,
+                                  model.meta.g, noise=lambda x, i, gen: torch.zeros_like(x),
+                                  return_path=paths)
         else:
             raise ValueError(f"unknown reconstruction '{kind}'")
+        out.append(_keep(path, keep, stop) if paths else path)
     return torch.cat(out)
 
 

@@ -2,6 +2,9 @@
 
 File layout, schema 1:
     /x        float32 (N, K + 1, *state), one chunk per trajectory: x[:, k] is the state at k·dt
+    /<name>   optional per-trajectory arrays (N, *), e.g. the smoke obstacles: /geometry
+              (N, n_obstacles, 5) and /mask (N, 1, H, W); which ones a simulator needs is the
+              system's business (systems.py)
     attrs     schema, simulator, dt, g, n_steps, seed, split, norm_mean, norm_std, version,
               params (JSON: every physics parameter of the simulator)
 States are stored normalised: x = (raw − norm_mean) / norm_std, with the statistics of the
@@ -59,25 +62,39 @@ class Metadata:
 class Trajectories:
     x: Tensor  # (N, K + 1, *state), float32
     meta: Metadata
+    extras: dict[str, Tensor] = field(default_factory=dict)  # per-trajectory arrays (N, *)
 
 
-def write(path: Path, x: Tensor | np.ndarray, meta: Metadata) -> None:
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float32)
+
+
+def write(path: Path, x: Tensor | np.ndarray, meta: Metadata,
+          extras: dict[str, Tensor | np.ndarray] | None = None) -> None:
     """Write trajectories atomically: to `<path>.tmp`, then rename, so no reader ever sees a
     truncated file under the final name.
 
     Arguments:
         x: Trajectories, shape (N, K + 1, *state).
+        extras: Per-trajectory arrays, name -> shape (N, *), stored as float32 datasets.
     """
     path = Path(path)
-    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float32)
+    x = _numpy(x)
     if x.ndim < 3 or x.shape[1] != meta.n_steps + 1:
         raise DataError(f"{path}: expected trajectories (N, {meta.n_steps + 1}, *state), "
                         f"got {x.shape}")
+    extras = {name: _numpy(value) for name, value in (extras or {}).items()}
+    for name, value in extras.items():
+        if name == "x" or value.ndim < 1 or value.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: extra array '{name}' must be named other than 'x' and "
+                            f"have one entry per trajectory ({x.shape[0]}), got {value.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+            for name, value in extras.items():
+                f.create_dataset(name, data=value)
             attrs = asdict(meta)
             attrs["params"] = json.dumps(meta.params, sort_keys=True)
             f.attrs.update(schema=SCHEMA, **attrs)
@@ -136,11 +153,18 @@ def read(path: Path, simulator: str | None = None, limit: int | None = None) -> 
         try:
             meta = _metadata(f, path, simulator)
             x = f["x"][:limit] if limit is not None else f["x"][()]
+            names = [k for k in f if k != "x" and isinstance(f[k], h5py.Dataset)]
+            extras = {k: f[k][:limit] if limit is not None else f[k][()] for k in names}
         except (KeyError, OSError, RuntimeError) as err:
             raise DataError(f"{path}: dataset 'x' cannot be read (truncated file?): {err}") from None
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: dataset 'x' contains NaN or Inf")
-    return Trajectories(torch.from_numpy(x), meta)
+    for name, value in {"x": x, **extras}.items():
+        if name != "x" and (value.ndim < 1 or value.shape[0] != x.shape[0]):
+            raise DataError(f"{path}: dataset '{name}' has shape {value.shape}, expected one "
+                            f"entry per trajectory ({x.shape[0]}, ...)")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise DataError(f"{path}: dataset '{name}' contains NaN or Inf")
+    return Trajectories(torch.from_numpy(x), meta,
+                        {k: torch.from_numpy(np.asarray(v)) for k, v in extras.items()})
 
 
 class WindowDataset(torch.utils.data.Dataset):

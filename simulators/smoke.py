@@ -98,8 +98,11 @@ def sample_obstacles(
     box_size: tuple[float, float] = (6.0, 20.0),
     sphere_radius: tuple[float, float] = (3.0, 8.0),
     margin: float = 5.0,
+    boxes: tuple[int, int] = (1, 2),
+    spheres: tuple[int, int] = (1, 2),
 ) -> Tensor:
-    """Draw 1–2 boxes and 1–2 spheres per simulation, entirely in the upper half y ≥ 50.
+    """Draw boxes and spheres per simulation (counts uniform in `boxes`, `spheres`, inclusive;
+    default 1–2 of each), entirely in the upper half y ≥ 50.
 
     Sizes are uniform in the given ranges (box extents per axis, sphere radii); centres are
     uniform such that each obstacle lies in [margin, 100 − margin] × [50, 100 − margin].
@@ -110,28 +113,34 @@ def sample_obstacles(
         generator: CPU generator for reproducibility.
 
     Returns:
-        Geometry, shape (n, 4, 5), rows [kind, x, y, size_x, size_y] (see module docstring):
-        rows 0–1 boxes, rows 2–3 spheres, the second of each kind present with probability ½.
+        Geometry, shape (n, max boxes + max spheres, 5), rows [kind, x, y, size_x, size_y] (see
+        module docstring): the first max-boxes rows are boxes, the rest spheres; rows beyond a
+        simulation's count have kind 0.
     """
+    if not (0 <= boxes[0] <= boxes[1] and 0 <= spheres[0] <= spheres[1]):
+        raise ValueError(f"obstacle counts: expected 0 <= min <= max, got boxes {boxes}, "
+                         f"spheres {spheres}")
+    nb, ns = boxes[1], spheres[1]
 
     def uniform(low: float | Tensor, high: float | Tensor, shape: tuple[int, ...]) -> Tensor:
         u = torch.rand(shape, generator=generator, dtype=torch.float64)
         return low + (high - low) * u
 
-    half_box = uniform(*box_size, (n, 2, 2)) / 2  # (n, box, axis)
-    box_x = uniform(margin + half_box[..., 0], DOMAIN - margin - half_box[..., 0], (n, 2))
-    box_y = uniform(DOMAIN / 2 + half_box[..., 1], DOMAIN - margin - half_box[..., 1], (n, 2))
-    radius = uniform(*sphere_radius, (n, 2))
-    sphere_x = uniform(margin + radius, DOMAIN - margin - radius, (n, 2))
-    sphere_y = uniform(DOMAIN / 2 + radius, DOMAIN - margin - radius, (n, 2))
-    second = torch.rand((n, 2), generator=generator) < 0.5  # (n, [box, sphere])
-    present = torch.ones(n, 2, 2, dtype=torch.bool)
-    present[:, 1] = second
-    kind_box = torch.where(present[:, :, 0], 1.0, 0.0)
-    kind_sphere = torch.where(present[:, :, 1], 2.0, 0.0)
-    boxes = torch.stack([kind_box, box_x, box_y, 2 * half_box[..., 0], 2 * half_box[..., 1]], -1)
-    spheres = torch.stack([kind_sphere, sphere_x, sphere_y, radius, radius], -1)
-    geometry = torch.cat([boxes, spheres], dim=1)
+    def count(low: int, high: int, rows: int) -> Tensor:  # (n, rows) presence
+        k = torch.randint(low, high + 1, (n, 1), generator=generator)
+        return torch.arange(rows)[None, :] < k
+
+    half_box = uniform(*box_size, (n, nb, 2)) / 2  # (n, box, axis)
+    box_x = uniform(margin + half_box[..., 0], DOMAIN - margin - half_box[..., 0], (n, nb))
+    box_y = uniform(DOMAIN / 2 + half_box[..., 1], DOMAIN - margin - half_box[..., 1], (n, nb))
+    radius = uniform(*sphere_radius, (n, ns))
+    sphere_x = uniform(margin + radius, DOMAIN - margin - radius, (n, ns))
+    sphere_y = uniform(DOMAIN / 2 + radius, DOMAIN - margin - radius, (n, ns))
+    kind_box = torch.where(count(*boxes, nb), 1.0, 0.0)
+    kind_sphere = torch.where(count(*spheres, ns), 2.0, 0.0)
+    rows = [torch.stack([kind_box, box_x, box_y, 2 * half_box[..., 0], 2 * half_box[..., 1]], -1),
+            torch.stack([kind_sphere, sphere_x, sphere_y, radius, radius], -1)]
+    geometry = torch.cat(rows, dim=1)
     return torch.where(geometry[..., :1] > 0, geometry, 0.0).float()
 
 

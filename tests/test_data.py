@@ -314,3 +314,21 @@ def test_metadata_times_and_t_final() -> None:
     assert times[0].item() == 0.0
     assert meta.t_final == pytest.approx(0.2, rel=1e-15)
     assert times[-1].item() == pytest.approx(meta.t_final, rel=1e-15)
+
+
+def test_extra_per_trajectory_arrays_round_trip_and_are_validated(tmp_path: Path) -> None:
+    """Per-trajectory arrays (the smoke obstacles) come back unchanged; one whose first dim is
+    not the number of trajectories is refused when writing and when reading."""
+    path = tmp_path / "extras.h5"
+    x = _trajectories()
+    geometry = np.arange(N * 2 * 5, dtype=np.float32).reshape(N, 2, 5)
+    write(path, x, _meta(), {"geometry": geometry})
+    traj = read(path)
+    assert torch.equal(traj.extras["geometry"], torch.from_numpy(geometry))
+    assert read(path, limit=2).extras["geometry"].shape == (2, 2, 5)
+    with pytest.raises(DataError, match="one entry per trajectory"):
+        write(tmp_path / "bad.h5", x, _meta(), {"geometry": geometry[:1]})
+    with h5py.File(path, "a") as f:
+        f["mask"] = np.zeros((N + 1, 1), np.float32)
+    with pytest.raises(DataError, match="'mask'"):
+        read(path)

@@ -153,7 +153,7 @@ def test_calibrated_diagonal_noise_matches_the_residual_variance(data: Path) -> 
     system = system_for(d.meta, d.x.shape[2:])
     drift = reverse_drift(system.physics_drift("true"), lambda x, t: torch.zeros_like(x),
                           d.meta.g)
-    var = system.calibrate(drift, d.x.double())
+    var = system.calibrate(lambda condition: drift, d.x.double())
     assert var.shape == (d.meta.n_steps, 3, 4)
     g2dt = d.meta.g**2 * d.meta.dt
     vel = var[..., 2:].mean().item() / g2dt

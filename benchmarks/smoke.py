@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""smoke-64: reconstruct the state at t = 0.35 from the observed state at t = 0.65.
+
+Generates the recipe (kept when up to date), trains two models with the smoke-64 preset
+(resumable: rerun the same command after an interruption): the PhiFlow physics as the drift, and
+the network only (--physics none); then compares on the test split, by the same metrics:
+- physdiff SDE: n reverse-SDE samples per observation (calibrated noise);
+- physdiff PF-ODE: the probability-flow ODE reconstruction;
+- naive inverse: the −dt simulator with no score;
+- L-BFGS: the state at 0.35 optimised through the differentiable simulator so that its forward
+  simulation matches the observation (history 10, 4 iterations per step, 10 steps, from zeros);
+  it costs minutes per observation here, so it runs on the first --lbfgs-limit observations and
+  the table repeats physdiff's rows on that same subset;
+- network only: the same network and losses without the physics drift (SDE samples).
+
+Metrics (smoke channel): MSE to the true t = 0.35 state per sample and of the sample mean, MSE at
+t = 0.65 after re-simulating the reconstruction forward with the true obstacles and no noise
+(against the observed state: the reference metric), spectral error, spread of the samples, and
+wall time per reconstruction (per sample for the SDE). LPIPS is left out: it needs pretrained
+image-network weights that cannot be downloaded here.
+Each method's rows are cached in the results folder (a rerun skips them; --fresh recomputes).
+
+Examples:
+    python benchmarks/smoke.py            # smoke-64: about an hour of training and evaluation
+    python benchmarks/smoke.py --quick    # 32² demo recipe, short training: minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import ROOT, script, train_model
+
+from cli import write_text_atomic
+from physdiff.data import read
+from smoke_inference import mid_index
+from systems import code_version, pick_device, system_for
+from workflows import load_model, reconstruct, sample_posterior, timed
+
+CONFIGS = {
+    "full": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
+             "preset": "smoke-64", "out": "benchmarks/results/smoke-64"},
+    "quick": {"recipe": "datasets/smoke-demo.json", "data": "runs/bench-smoke-quick/data",
+              "preset": "smoke-demo", "out": "benchmarks/results/smoke-quick"},
+}
+COLUMNS = [("mse", "MSE t=.35", "{:.4g}"), ("mse_per_sample", "MSE/sample", "{:.4g}"),
+           ("mse_of_mean", "MSE of mean", "{:.4g}"), ("resim_mse", "re-sim MSE", "{:.4g}"),
+           ("spectral_error", "spec err", "{:.3f}"), ("spread", "spread", "{:.4f}"),
+           ("seconds", "s/recon", "{:.3g}"), ("train_minutes", "train min", "{:.1f}")]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small data and training: minutes")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
+    p.add_argument("--lbfgs-limit", type=int, default=2,
+                   help="observations for the L-BFGS baseline (minutes each)")
+    p.add_argument("--n-samples", type=int, default=4, help="SDE samples per observation")
+    p.add_argument("--batch-size", type=int, default=32, help="samples integrated at once")
+    p.add_argument("--only", help="comma list of methods to (re)compute: sde, ode, naive, "
+                   "lbfgs, network")
+    p.add_argument("--fresh", action="store_true", help="ignore cached method results")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def cached(path: Path, fresh: bool, compute: Any) -> dict[str, Any]:
+    """A method's rows from `path`, or computed and saved there."""
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    rows = compute()
+    write_text_atomic(path, json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def main() -> None:
+    args = parser().parse_args()
+    cfg = CONFIGS["quick" if args.quick else "full"]
+    out, data = ROOT / cfg["out"], ROOT / cfg["data"]
+    device = pick_device(args.device)
+    script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
+    only = set(args.only.split(",")) if args.only else None
+    models: dict[str, Any] = {}
+
+    def trained(physics: str) -> Any:
+        """The model (trained or resumed on first use) and its training minutes."""
+        if physics not in models:
+            minutes = train_model(data, out / physics, ["--preset", cfg["preset"], "--physics",
+                                                        physics], args.device) / 60
+            models[physics] = (load_model(out / physics / "checkpoint.pt", device), minutes)
+        return models[physics]
+
+    test = read(data / "test.h5", simulator="smoke", limit=args.limit)
+    system = system_for(test.meta, tuple(test.x.shape[2:]))
+    mid = mid_index(system.meta)
+    mid_t = mid * system.meta.dt
+    cond = system.condition(test.extras, str(data / "test.h5")).to(device)
+    x_T, truth = test.x[:, -1].to(device), test.x[:, mid].to(device)
+    m, n, k = x_T.shape[0], args.n_samples, min(args.lbfgs_limit, test.x.shape[0])
+
+    def run(name: str, fn: Any) -> dict[str, Any] | None:
+        path = out / f"rows-{name}.json"
+        if only is not None and name not in only:
+            return json.loads(path.read_text()) if path.exists() else None
+        return cached(path, args.fresh or only is not None, fn)
+
+    def sde(physics: str, seed: int) -> dict[str, Any]:
+        which, minutes = trained(physics)
+        gen = torch.Generator(device).manual_seed(seed)
+        samples, sec = timed(lambda: sample_posterior(
+            which, x_T, n, gen, batch_size=args.batch_size, condition=cond, keep=(mid,),
+            stop=mid)[:, :, 0])
+        rows = {"all": system.evaluate(truth, x_T, cond, samples=samples, t_start=mid_t),
+                "subset": system.evaluate(truth[:k], x_T[:k], cond[:k], samples=samples[:k],
+                                          t_start=mid_t)}
+        for r in rows.values():
+            r["seconds"], r["train_minutes"] = sec / (m * n), minutes
+        return rows
+
+    def point(kind: str) -> dict[str, Any]:
+        model, minutes = trained("true")
+        x, sec = timed(lambda: reconstruct(model, x_T, kind, batch_size=args.batch_size,
+                                           condition=cond, keep=(mid,), stop=mid)[:, 0])
+        rows = {"all": system.evaluate(truth, x_T, cond, point=x, t_start=mid_t),
+                "subset": system.evaluate(truth[:k], x_T[:k], cond[:k], point=x[:k],
+                                          t_start=mid_t)}
+        for r in rows.values():
+            r["seconds"] = sec / m
+            if kind == "ode":
+                r["train_minutes"] = minutes
+        return rows
+
+    def lbfgs() -> dict[str, Any]:
+        x, sec = timed(lambda: system.lbfgs_reconstruct(x_T[:k], cond[:k], mid_t))
+        row = system.evaluate(truth[:k], x_T[:k], cond[:k], point=x, t_start=mid_t)
+        row["seconds"] = sec / k
+        return {"subset": row}
+
+    results = {
+        "physdiff SDE": run("sde", lambda: sde("true", 3)),
+        "physdiff PF-ODE": run("ode", lambda: point("ode")),
+        "naive inverse (-dt simulator)": run("naive", lambda: point("naive")),
+        "network only (SDE)": run("network", lambda: sde("none", 4)),
+        "L-BFGS": run("lbfgs", lbfgs),
+    }
+    results = {name: r for name, r in results.items() if r is not None}
+    tables = {f"all {m} test observations": {name: r["all"] for name, r in results.items()
+                                             if "all" in r},
+              f"first {k} (the L-BFGS subset)": {name: r["subset"]
+                                                 for name, r in results.items()}}
+    for title, rows in tables.items():
+        print(f"\n{title}")
+        print_table(rows)
+    print(f"\nsmoke channel; t = {mid_t:.2f} reconstructed from T = {system.meta.t_final:.2f}; "
+          f"SDE {n} samples per observation; s/recon: wall time per reconstruction (per sample"
+          " for SDE); re-sim MSE: forward to T with the true obstacles, against the observation;"
+          " train min: each model alone on the machine.")
+    result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
+              "version": code_version(), "device": str(device),
+              "torch_threads": torch.get_num_threads(), "tables": tables}
+    write_text_atomic(out / "smoke.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke.json'}")
+
+
+def print_table(rows: dict[str, dict[str, Any]]) -> None:
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
+    print(f"{'':32s}" + "".join(f"{label:>12s}" for _, label, _ in cols))
+    for name, row in rows.items():
+        print(f"{name:32s}" + "".join(f"{fmt.format(row[c]):>12s}" if c in row else " " * 12
+                                      for c, _, fmt in cols))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""How the smoke flow plugs into physdiff (script layer): drifts, network, noise and metrics.
+
+State (B, 3, H, W): smoke, v_x, v_y at cell centres, raw units (simulators/smoke.py). Every
+trajectory has its own obstacles, the *condition* (B, n_obstacles, 5): the physics drift runs the
+simulator with them, and the score network sees their solid mask. Physics drifts (`--physics`):
+- true: the simulator with −dt (method.md §2: advection backwards, buoyancy subtracted, no
+  inflow), jit-compiled and differentiable;
+- none: no physics; the network alone learns the whole reverse step (a baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from physdiff import metrics
+from physdiff.data import DataError, Metadata
+from physdiff.samplers import Noise
+from physdiff.sde import Drift, from_inverse_step
+from physdiff.unet import GridScoreNet
+from simulators import smoke
+
+__all__ = ["SmokeSystem"]
+
+
+@dataclass(frozen=True)
+class SmokeSystem:
+    """Buoyancy-driven smoke with obstacles (simulators/smoke.py); states (B, 3, H, W)."""
+
+    meta: Metadata
+    state_shape: tuple[int, ...]  # (3, H, W)
+    name = "smoke"
+
+    @property
+    def frame(self) -> float:
+        """Simulator time step of one data step (1 = one frame of 0.01)."""
+        return self.meta.dt / smoke.FRAME_TIME
+
+    @property
+    def mac_cormack(self) -> bool:
+        return self.meta.params.get("advection", "maccormack") == "maccormack"
+
+    def mask(self, condition: Tensor) -> Tensor:
+        """Solid mask (B, 1, H, W) of geometries (B, n, 5)."""
+        return smoke.obstacle_mask(condition.float(), self.state_shape[-1])
+
+    def condition(self, extras: dict[str, Tensor], source: str) -> Tensor:
+        """The obstacle geometry (N, n, 5) of a file's /geometry, checked against /mask if given."""
+        n_obst = None
+        if "geometry" not in extras:
+            raise DataError(f"{source}: smoke data need the obstacles: a dataset 'geometry' "
+                            "(N, n_obstacles, 5) of rows [kind, x, y, size_x, size_y]")
+        geometry = extras["geometry"]
+        if geometry.ndim != 3 or geometry.shape[-1] != 5:
+            raise DataError(f"{source}: dataset 'geometry' has shape {tuple(geometry.shape)}, "
+                            "expected (N, n_obstacles, 5)")
+        n_obst = geometry.shape[1]
+        if "mask" in extras:
+            expected = (geometry.shape[0], 1, *self.state_shape[1:])
+            if tuple(extras["mask"].shape) != expected:
+                raise DataError(f"{source}: dataset 'mask' has shape "
+                                f"{tuple(extras['mask'].shape)}, expected {expected} (one "
+                                "solid mask per state, on the state's grid)")
+        return geometry.float().reshape(-1, n_obst, 5)
+
+    def step(self, x: Tensor, condition: Tensor, t: float | Tensor) -> Tensor:
+        """Noise-free forward step S_dt at physical time t."""
+        return smoke.step(x, condition, t, self.frame, self.mac_cormack,
+                          float(self.meta.params.get("inflow_rate", smoke.INFLOW_RATE)))
+
+    def inverse_step(self, x: Tensor, condition: Tensor) -> Tensor:
+        """P̃⁻¹: the simulator with −dt."""
+        return smoke.step(x, condition, 1.0, -self.frame, self.mac_cormack)
+
+    def forward(self, x: Tensor, condition: Tensor, t_start: float, n_steps: int) -> Tensor:
+        """S applied n_steps times from physical time t_start (no noise)."""
+        for k in range(n_steps):
+            x = self.step(x, condition, t_start + k * self.meta.dt)
+        return x
+
+    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
+                      condition: Tensor | None = None) -> Drift:
+        if kind == "true":
+            if condition is None:
+                raise ValueError("smoke physics needs the obstacle geometry")
+            return from_inverse_step(lambda x: self.inverse_step(x, condition), self.meta.dt)
+        if kind == "none":
+            return lambda x, t: torch.zeros_like(x)
+        raise ValueError(f"--physics {kind}: smoke supports 'true' and 'none'")
+
+    def physics_net(self, width: int) -> nn.Module:
+        raise ValueError("--physics learned: not available for smoke")
+
+    def score_net(self, width: int, depth: int, spectral: bool = True,
+                  physics: str = "true") -> nn.Module:
+        channels, h, w = self.state_shape
+        return GridScoreNet(channels, 1, (h, w), t_max=self.meta.t_final,
+                            out_scale=1 / (self.meta.g * math.sqrt(self.meta.dt)),
+                            width=width, depth=depth)
+
+    def score_fn(self, net: nn.Module, condition: Tensor | None) -> Drift:
+        if condition is None:
+            raise ValueError("the smoke score network needs the obstacle geometry")
+        mask = self.mask(condition)
+        return lambda x, t: net(x, t, mask.to(x))
+
+    def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """None: gravity and the fixed inflow break the symmetries (a mirror image would need the
+        obstacles mirrored as well)."""
+        return x
+
+    @torch.no_grad()
+    def calibrate(self, drift_for: Callable[[Tensor], Drift], trajectories: Tensor,
+                  condition: Tensor) -> Tensor:
+        """Per-step, per-channel variance of the one-step residual in fluid cells, (K, 3, 1, 1)."""
+        n, k_plus_1 = trajectories.shape[:2]
+        k = k_plus_1 - 1
+        times = self.meta.times()[1:].to(trajectories)
+        total = torch.zeros(k, trajectories.shape[2], dtype=torch.float64)
+        cells = 0.0
+        for i in range(n):
+            cond = condition[i:i + 1].expand(k, -1, -1)
+            x_next = trajectories[i, 1:]
+            r = trajectories[i, :-1] - (x_next - self.meta.dt * drift_for(cond)(x_next, times))
+            fluid = 1 - self.mask(cond).to(r)
+            total += (r.double().square() * fluid).sum((-2, -1)).cpu()
+            cells += float(fluid[0].sum())
+        return (total / cells)[..., None, None].float()
+
+    def noise(self, calibration: Tensor | None, condition: Tensor) -> Noise:
+        """Reverse-step noise outside obstacles: calibrated per step and channel, or g √dt z."""
+        fluid = 1 - self.mask(condition)
+        k = self.meta.n_steps
+        white = torch.full((k, self.state_shape[0], 1, 1), self.meta.g**2 * self.meta.dt)
+        scale = (calibration if calibration is not None else white).sqrt()
+
+        def draw(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            return scale[k - 1 - i].to(x) * z * fluid.to(x)
+
+        return draw
+
+    def exact_posterior(self, x_T: Tensor) -> None:
+        return None
+
+    def evaluate(self, truth: Tensor, observed: Tensor, condition: Tensor,
+                 samples: Tensor | None = None, point: Tensor | None = None,
+                 t_start: float = 0.35) -> dict[str, Any]:
+        """Smoke metrics of reconstructions of the state at t_start (method.md §5, issue 3).
+
+        Arguments:
+            truth: True states at t_start, (B, 3, H, W).
+            observed: Observed states at T, (B, 3, H, W).
+            condition: Geometries (B, n, 5).
+            samples: Posterior samples (B, n, 3, H, W), or a point estimate `point` (B, 3, H, W).
+
+        Returns:
+            mse (point) or mse_per_sample, mse_of_mean and spread (samples): smoke MSE to the
+            truth; resim_mse: smoke MSE at T after re-simulating the reconstruction forward with
+            the true obstacles and no noise (the reference metric), against the observed state;
+            spectral_error of the smoke (radial bins 1..10); velocity MSE for completeness.
+        """
+        out: dict[str, Any] = {}
+        n_steps = round((self.meta.t_final - t_start) / self.meta.dt)
+        if point is not None:
+            samples = point[:, None]
+        assert samples is not None
+        b, n = samples.shape[:2]
+        flat = samples.flatten(0, 1)
+        truth_n = truth[:, None].expand_as(samples)
+        key = "mse" if point is not None else "mse_per_sample"
+        out[key] = metrics.mse(samples[:, :, 0], truth_n[:, :, 0])
+        out["velocity_" + key] = metrics.mse(samples[:, :, 1:], truth_n[:, :, 1:])
+        if point is None:
+            out["mse_of_mean"] = metrics.mse(samples.mean(1)[:, 0], truth[:, 0])
+            out["spread"] = samples[:, :, 0].std(1).mean().item()
+        resim = self.forward(flat, condition.repeat_interleave(n, 0), t_start, n_steps)
+        out["resim_mse"] = metrics.mse(resim.reshape(b, n, *resim.shape[1:])[:, :, 0],
+                                       observed[:, None, 0].expand(b, n, *observed.shape[2:]))
+        out["spectral_error"] = metrics.spectral_error(samples[:, :, 0], truth_n[:, :, 0])
+        return out
+
+    def lbfgs_reconstruct(self, x_T: Tensor, condition: Tensor, t_start: float,
+                          outer_steps: int = 10, iterations: int = 4, history: int = 10
+                          ) -> Tensor:
+        """The reference baseline (method.md §5): L-BFGS through the differentiable simulator.
+
+        Optimises the state at t_start, from zeros, so that its noise-free forward simulation
+        to T matches x_T (mean squared error over all channels), with `outer_steps` calls of
+        torch's L-BFGS (history `history`, at most `iterations` iterations each, strong-Wolfe
+        line search), one observation at a time. Returns (B, 3, H, W).
+        """
+        n_steps = round((self.meta.t_final - t_start) / self.meta.dt)
+        return torch.cat([self._lbfgs_one(x_T[i:i + 1], condition[i:i + 1], t_start, n_steps,
+                                          outer_steps, iterations, history)
+                          for i in range(x_T.shape[0])])
+
+    def _lbfgs_one(self, x_T: Tensor, condition: Tensor, t_start: float, n_steps: int,
+                   outer_steps: int, iterations: int, history: int) -> Tensor:
+        x = torch.zeros_like(x_T, requires_grad=True)
+        opt = torch.optim.LBFGS([x], history_size=history, max_iter=iterations,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = (self.forward(x, condition, t_start, n_steps) - x_T).square().mean()
+            loss.backward()
+            return loss
+
+        for _ in range(outer_steps):
+            opt.step(closure)
+        return x.detach()
