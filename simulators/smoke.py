@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,6 +74,11 @@ __all__ = [
     "sample_obstacles",
     "step",
 ]
+
+# PhiML builds torch sparse CSR matrices for the pressure solve; torch announces, once per
+# process, that CSR support is beta and that invariant checks are off. Both are expected here.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 DOMAIN = 100.0  # side of the square domain
 BUOYANCY = 0.1  # upward acceleration per unit smoke
