@@ -27,6 +27,7 @@ from physdiff.samplers import Noise
 from physdiff.sde import Drift, from_inverse_step
 from physdiff.set_networks import PairwiseForce, SetScoreNet
 from simulators import nbody
+from system_base import Unconditioned
 
 __all__ = ["NBodySystem"]
 
@@ -34,7 +35,7 @@ PHYSICS = ("true", "learned", "none")
 
 
 @dataclass(frozen=True)
-class NBodySystem:
+class NBodySystem(Unconditioned):
     """2D gravitational N-body toy (simulators/nbody.py); states (B, N, 4)."""
 
     meta: Metadata
@@ -66,13 +67,6 @@ class NBodySystem:
         for _ in range(self.meta.n_steps):
             x = self.step(x)
         return x
-
-    def condition(self, extras: dict[str, Tensor], source: str) -> None:
-        """What the drift needs besides the state: nothing (masses are per dataset)."""
-        return
-
-    def score_fn(self, net: nn.Module, condition: None = None) -> Drift:
-        return net
 
     def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
                       condition: None = None) -> Drift:

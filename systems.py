@@ -30,6 +30,7 @@ from physdiff.samplers import Noise
 from physdiff.sde import Drift, as_drift
 from simulators import heat
 from smoke_system import SmokeSystem
+from system_base import Unconditioned
 
 __all__ = ["SIMULATORS", "HeatSystem", "NBodySystem", "SmokeSystem", "System", "augment_periodic", "code_version",
            "pick_device", "system_for"]
@@ -70,7 +71,7 @@ def augment_periodic(x: Tensor, generator: torch.Generator) -> Tensor:
 
 
 @dataclass(frozen=True)
-class HeatSystem:
+class HeatSystem(Unconditioned):
     """Stochastic heat diffusion (simulators/heat.py); states (B, 1, H, W), normalised units."""
 
     meta: Metadata
@@ -80,13 +81,6 @@ class HeatSystem:
     def step(self, x: Tensor) -> Tensor:
         """Noise-free forward step S_dt."""
         return heat.step(x, self.meta.dt)
-
-    def condition(self, extras: dict[str, Tensor], source: str) -> None:
-        """What the drift needs besides the state, from a file's per-trajectory arrays: nothing."""
-        return
-
-    def score_fn(self, net: nn.Module, condition: None = None) -> Drift:
-        return net
 
     def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
                       condition: None = None) -> Drift:

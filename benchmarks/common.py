@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the entry-point scripts are not installed modules
@@ -15,7 +16,7 @@ sys.path.insert(0, str(ROOT))  # the entry-point scripts are not installed modul
 from cli import write_text_atomic
 from physdiff.training import load_checkpoint
 
-__all__ = ["ROOT", "script", "train_model"]
+__all__ = ["ROOT", "print_table", "script", "train_model"]
 
 
 def script(*argv: str, threads: int | None = None) -> float:
@@ -42,3 +43,14 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
     return spent
 
 
+
+
+def print_table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]],
+                name_width: int = 34, width: int = 13) -> None:
+    """One line per row name; `columns` are (key, label, format); a row without a key leaves
+    its cell blank, and a column no row has is left out."""
+    cols = [c for c in columns if any(c[0] in r for r in rows.values())]
+    print(f"{'':{name_width}s}" + "".join(f"{label:>{width}s}" for _, label, _ in cols))
+    for name, row in rows.items():
+        print(f"{name:{name_width}s}" + "".join(
+            f"{fmt.format(row[k]):>{width}s}" if k in row else " " * width for k, _, fmt in cols))

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from common import ROOT, script, train_model
+from common import ROOT, print_table, script, train_model
 
 from cli import write_text_atomic
 from physdiff.data import read
@@ -123,7 +123,8 @@ def main() -> None:
                                                 paths=path)
     rows["data trajectories (reference)"] = evaluate(model.system, x_0, x_T, point=x_0,
                                                      paths=test.x)
-    print_table(rows)
+    print_table(rows, COLUMNS)
+    print_notes()
     result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
               "version": code_version(), "device": str(device),
               "torch_threads": torch.get_num_threads(), "rows": rows}
@@ -131,12 +132,7 @@ def main() -> None:
     print(f"wrote {out / 'nbody.json'}")
 
 
-def print_table(rows: dict[str, dict[str, Any]]) -> None:
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
-    print(f"{'':34s}" + "".join(f"{label:>13s}" for _, label, _ in cols))
-    for name, row in rows.items():
-        print(f"{name:34s}" + "".join(f"{fmt.format(row[k]):>13s}" if k in row else " " * 13
-                                      for k, _, fmt in cols))
+def print_notes() -> None:
     print("train min: wall time of each model, trained two at a time with one thread each; "
           "pos MSE: initial positions; cov50/cov90: order-statistic intervals of 19 samples, "
           "nominal 0.5 / 0.9; SBC χ² p pools every coordinate (conservative), p/coord: per "

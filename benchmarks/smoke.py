@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, script, train_model
+from common import ROOT, print_table, script, train_model
 
 from cli import write_text_atomic
 from physdiff.data import read
@@ -155,24 +155,16 @@ def main() -> None:
                                                  for name, r in results.items()}}
     for title, rows in tables.items():
         print(f"\n{title}")
-        print_table(rows)
+        print_table(rows, COLUMNS, 32, 12)
     print(f"\nsmoke channel; t = {mid_t:.2f} reconstructed from T = {system.meta.t_final:.2f}; "
           f"SDE {n} samples per observation; s/recon: wall time per reconstruction (per sample"
           " for SDE); re-sim MSE: forward to T with the true obstacles, against the observation;"
-          " train min: each model alone on the machine.")
+          " train min: wall time of each model's training run.")
     result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
               "version": code_version(), "device": str(device),
               "torch_threads": torch.get_num_threads(), "tables": tables}
     write_text_atomic(out / "smoke.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'smoke.json'}")
-
-
-def print_table(rows: dict[str, dict[str, Any]]) -> None:
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows.values())]
-    print(f"{'':32s}" + "".join(f"{label:>12s}" for _, label, _ in cols))
-    for name, row in rows.items():
-        print(f"{name:32s}" + "".join(f"{fmt.format(row[c]):>12s}" if c in row else " " * 12
-                                      for c, _, fmt in cols))
 
 
 if __name__ == "__main__":
