@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -16,7 +17,21 @@ sys.path.insert(0, str(ROOT))  # the entry-point scripts are not installed modul
 from cli import write_text_atomic
 from physdiff.training import load_checkpoint
 
-__all__ = ["ROOT", "print_table", "script", "train_model"]
+__all__ = ["ROOT", "base_parser", "print_table", "script", "train_model"]
+
+
+def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
+    """The flags every benchmark has: --quick, --limit, --n-samples, --batch-size, --device."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small data and short training: minutes")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
+    p.add_argument("--n-samples", type=int, default=n_samples,
+                   help=f"posterior samples per observation ({n_samples})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"samples integrated at once ({batch_size})")
+    p.add_argument("--device", default="auto")
+    return p
 
 
 def script(*argv: str, threads: int | None = None) -> float:

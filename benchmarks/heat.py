@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the entry-point scripts (train.py) are not installed modules
 
-from common import script, train_model
+from common import base_parser, script, train_model
 
 from cli import write_text_atomic
 from physdiff.data import read
@@ -50,14 +50,8 @@ COLUMNS = [("mse", "MSE"), ("mse_per_sample", "MSE/sample"), ("mse_of_mean", "MS
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small data and model: minutes")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
-    p.add_argument("--n-samples", type=int, default=16)
+    p = base_parser(__doc__, n_samples=16, batch_size=1000)
     p.add_argument("--corrector-snr", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=1000, help="samples integrated at once")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
     return p
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from common import ROOT, print_table, script, train_model
+from common import ROOT, base_parser, print_table, script, train_model
 
 from cli import write_text_atomic
 from physdiff.data import read
@@ -49,13 +49,7 @@ COLUMNS = [("mse_pos", "pos MSE", "{:.4g}"), ("mse_pos_per_sample", "pos MSE/smp
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small data and training: minutes")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
-    p.add_argument("--n-samples", type=int, default=19)
-    p.add_argument("--batch-size", type=int, default=1000, help="samples integrated at once")
-    p.add_argument("--device", default="auto")
+    p = base_parser(__doc__, n_samples=19, batch_size=1000)
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, each with --threads threads (small tensors: "
                    "one thread per process beats several threads on one model)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, print_table, script, train_model
+from common import ROOT, base_parser, print_table, script, train_model
 
 from cli import write_text_atomic
 from physdiff.data import read
@@ -54,18 +54,12 @@ COLUMNS = [("mse", "MSE t=.35", "{:.4g}"), ("mse_per_sample", "MSE/sample", "{:.
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small data and training: minutes")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
+    p = base_parser(__doc__, n_samples=4, batch_size=32)
     p.add_argument("--lbfgs-limit", type=int, default=2,
                    help="observations for the L-BFGS baseline (minutes each)")
-    p.add_argument("--n-samples", type=int, default=4, help="SDE samples per observation")
-    p.add_argument("--batch-size", type=int, default=32, help="samples integrated at once")
     p.add_argument("--only", help="comma list of methods to (re)compute: sde, ode, naive, "
                    "lbfgs, network")
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
-    p.add_argument("--device", default="auto")
     return p
 
 
