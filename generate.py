@@ -29,14 +29,13 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from cli import UsageError, apply_recipe, non_negative, positive, run
-from physdiff.data import DataError, Metadata, read_metadata, write
+from physdiff.data import Metadata, up_to_date, write
 from simulators import heat, nbody, smoke
 from smoke_generation import generate_smoke
 from systems import code_version
@@ -96,15 +95,6 @@ DEFAULTS = {"heat": {"t_final": 0.2, "steps": 32, "g": 0.1},
             "smoke": {"t_final": 0.65, "steps": 65, "g": 0.1}}
 
 
-def _matches(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:
-    try:
-        old, old_shape = read_metadata(path, meta.simulator)
-    except DataError:
-        return False
-    # the code version may differ: same parameters and seed give the same data
-    return replace(old, version=meta.version) == meta and old_shape == shape
-
-
 def generate(args: argparse.Namespace) -> None:
     for key, value in DEFAULTS[args.simulator].items():
         if getattr(args, key) is None:
@@ -133,8 +123,7 @@ def generate_heat(args: argparse.Namespace) -> None:
         path = args.out / f"{split}.h5"
         meta = Metadata(simulator="heat", dt=dt, g=args.g, n_steps=args.steps, seed=args.seed,
                         split=split, norm_mean=mean, norm_std=std, version=version, params=params)
-        if path.exists() and _matches(path, meta, (counts[split], args.steps + 1, 1, args.size,
-                                                   args.size)):
+        if up_to_date(path, meta, (counts[split], args.steps + 1, 1, args.size, args.size)):
             print(f"{path}: up to date, kept")
             continue
         noise_gen = _split_generator(args.seed, 100 + i)
@@ -179,7 +168,7 @@ def generate_nbody(args: argparse.Namespace) -> None:
         path = args.out / f"{split}.h5"
         meta = Metadata(simulator="nbody", dt=dt, g=args.g, n_steps=args.steps, seed=args.seed,
                         split=split, norm_mean=0.0, norm_std=1.0, version=version, params=params)
-        if path.exists() and _matches(path, meta, (counts[split], args.steps + 1, args.bodies, 4)):
+        if up_to_date(path, meta, (counts[split], args.steps + 1, args.bodies, 4)):
             print(f"{path}: up to date, kept")
             continue
         x0 = nbody.sample_prior(counts[split], args.bodies, m, _split_generator(args.seed, i),

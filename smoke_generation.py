@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from cli import UsageError
-from physdiff.data import DataError, Metadata, read, read_metadata, write
+from physdiff.data import DataError, Metadata, read, up_to_date, write
 from simulators import smoke
 
 __all__ = ["PART", "generate_smoke", "parse_range", "parse_shard"]
@@ -73,14 +72,6 @@ def simulate(meta: Metadata, split_index: int, start: int, stop: int
     return torch.stack(states, dim=1), geometry, mask
 
 
-def _part_ok(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:
-    try:
-        old, old_shape = read_metadata(path, "smoke")
-    except DataError:
-        return False
-    return replace(old, version=meta.version) == meta and old_shape == shape
-
-
 def _parts(counts: dict[str, int]) -> list[tuple[int, str, int, int]]:
     """(split index, split, start, stop) of every part, in a fixed order."""
     return [(i, split, start, min(start + PART, counts[split]))
@@ -122,15 +113,16 @@ def _part_path(parts_dir: Path, split: str, start: int, stop: int) -> Path:
 
 def _make_parts(todo: list[tuple[int, str, int, int]], metas: dict[str, Metadata],
                 counts: dict[str, int], parts_dir: Path, state: tuple[int, ...]) -> None:
+    joined = {split for split, meta in metas.items()
+              if up_to_date(parts_dir.parent / f"{split}.h5", meta,
+                            (counts[split], meta.n_steps + 1, *state))}
     missing = []
     for i, split, start, stop in todo:
-        final = parts_dir.parent / f"{split}.h5"
-        if final.exists() and _part_ok(final, metas[split], (counts[split],
-                                                             metas[split].n_steps + 1, *state)):
-            continue  # the split is already joined
+        if split in joined:
+            continue
         path = _part_path(parts_dir, split, start, stop)
         if path.exists():
-            if _part_ok(path, metas[split], (stop - start, metas[split].n_steps + 1, *state)):
+            if up_to_date(path, metas[split], (stop - start, metas[split].n_steps + 1, *state)):
                 continue
             print(f"{path}: other parameters or unreadable: regenerating it")
         missing.append((i, split, start, stop))
@@ -148,7 +140,7 @@ def _make_parts(todo: list[tuple[int, str, int, int]], metas: dict[str, Metadata
 def _join(final: Path, parts: list[tuple[int, str, int, int]], meta: Metadata, parts_dir: Path,
           state: tuple[int, ...]) -> None:
     n = parts[-1][3]
-    if final.exists() and _part_ok(final, meta, (n, meta.n_steps + 1, *state)):
+    if up_to_date(final, meta, (n, meta.n_steps + 1, *state)):
         print(f"{final}: up to date, kept")
         return
     paths = [_part_path(parts_dir, split, start, stop) for _, split, start, stop in parts]
@@ -163,7 +155,7 @@ def _join(final: Path, parts: list[tuple[int, str, int, int]], meta: Metadata, p
         except DataError as err:
             raise UsageError(f"{err} [a corrupt shard part: delete it and generate again]"
                              ) from None
-        if not _part_ok(path, meta, (stop - start, meta.n_steps + 1, *state)):
+        if not up_to_date(path, meta, (stop - start, meta.n_steps + 1, *state)):
             raise UsageError(f"{path}: made with other parameters than this run's; delete "
                              "it and generate again")
         chunks.append(part)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["SCHEMA", "DataError", "Metadata", "Trajectories", "WindowDataset", "read",
-           "read_metadata", "write"]
+           "read_metadata", "up_to_date", "write"]
 
 SCHEMA = 1
 _REQUIRED = ("schema", "simulator", "dt", "g", "n_steps", "seed", "split", "norm_mean",
@@ -144,6 +144,17 @@ def read_metadata(path: Path, simulator: str | None = None) -> tuple[Metadata, t
             return _metadata(f, path, simulator), tuple(f["x"].shape)
         except (KeyError, OSError, RuntimeError) as err:
             raise DataError(f"{path}: corrupt HDF5 file ({err})") from None
+
+
+def up_to_date(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:
+    """Whether `path` holds trajectories of shape `shape` made with `meta` (the code version may
+    differ: same parameters and seed give the same data); False for a missing or unusable file.
+    Generators use it to keep finished work."""
+    try:
+        old, old_shape = read_metadata(path, meta.simulator)
+    except DataError:
+        return False
+    return replace(old, version=meta.version) == meta and old_shape == tuple(shape)
 
 
 def read(path: Path, simulator: str | None = None, limit: int | None = None) -> Trajectories:
