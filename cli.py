@@ -8,14 +8,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "run", "write_h5_atomic",
-           "write_text_atomic"]
+__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "read_observed_h5", "run",
+           "write_h5_atomic", "write_text_atomic"]
 
 
 class UsageError(ValueError):
@@ -112,3 +113,18 @@ def write_h5_atomic(path: Path, arrays: dict, attrs: dict) -> None:
             f.create_dataset(name, data=value.detach().cpu().numpy())
         f.attrs.update(attrs)
     os.replace(tmp, path)
+
+
+def read_observed_h5(path: Path, extras: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """The observed states of an --observed .h5 file (dataset 'x_T', or 'x') as a numpy array,
+    and those datasets named in `extras` that the file has."""
+    if not path.exists():
+        raise UsageError(f"--observed {path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            name = next((k for k in ("x_T", "x") if k in f), None)
+            if name is None:
+                raise UsageError(f"--observed {path}: expected a dataset 'x_T' or 'x'")
+            return f[name][()], {k: f[k][()] for k in extras if k in f}
+    except OSError as err:
+        raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None

@@ -27,20 +27,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 import plots
-from cli import UsageError, non_negative, positive, run, write_h5_atomic, write_text_atomic
+from cli import (
+    UsageError,
+    non_negative,
+    positive,
+    read_observed_h5,
+    run,
+    write_h5_atomic,
+    write_text_atomic,
+)
 from physdiff import calibration
-from physdiff.data import read
 from smoke_inference import infer_smoke
 from systems import code_version, pick_device
 from workflows import (
     check_observations,
     evaluate,
     load_model,
+    read_split,
     reconstruct,
     sample_posterior,
     timed,
@@ -81,14 +88,7 @@ def load_observed(path: Path, state_shape: tuple[int, ...]) -> torch.Tensor:
         except (OSError, ValueError) as err:
             raise UsageError(f"--observed {path}: not a readable .npy array ({err})") from None
     else:
-        try:
-            with h5py.File(path, "r") as f:
-                name = next((k for k in ("x_T", "x") if k in f), None)
-                if name is None:
-                    raise UsageError(f"--observed {path}: expected a dataset 'x_T' or 'x'")
-                arr = f[name][()]
-        except OSError as err:
-            raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None
+        arr, _ = read_observed_h5(path)
     if len(state_shape) == 3 and state_shape[0] == 1 and arr.ndim == 3:
         arr = arr[:, None]  # single-channel fields given as (M, H, W)
     if (arr.ndim != len(state_shape) + 1 or not np.issubdtype(arr.dtype, np.number)
@@ -108,14 +108,9 @@ def infer(args: argparse.Namespace) -> None:
     args.batch_size = args.batch_size or 512
     truth = None
     if args.data is not None:
-        data = read(args.data, simulator=model.meta.simulator, limit=args.limit)
+        data = read_split(args.data, model, args.limit)
         x_T, truth = data.x[:, -1], data.x[:, 0]
         source = str(args.data)
-        if (data.meta.dt, data.meta.n_steps, data.meta.g) != (
-                model.meta.dt, model.meta.n_steps, model.meta.g):
-            raise UsageError(f"{args.data}: dt, steps, g = {data.meta.dt}, {data.meta.n_steps}, "
-                             f"{data.meta.g}; the checkpoint was trained on {model.meta.dt}, "
-                             f"{model.meta.n_steps}, {model.meta.g}")
     else:
         x_T = load_observed(args.observed, tuple(model.system.state_shape))[:args.limit]
         source = f"--observed {args.observed}"

@@ -8,15 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import h5py
 import torch
 
 import smoke_plots
-from cli import UsageError, write_h5_atomic, write_text_atomic
-from physdiff.data import Metadata, read
-from physdiff.samplers import euler_maruyama
+from cli import UsageError, read_observed_h5, write_h5_atomic, write_text_atomic
+from physdiff.data import Metadata
 from systems import code_version
-from workflows import Model, check_observations, reconstruct, sample_posterior, timed
+from workflows import Model, check_observations, read_split, reconstruct, sample_posterior, timed
 
 __all__ = ["MID_TIME", "infer_smoke", "mid_index"]
 
@@ -36,17 +34,9 @@ def load_smoke_observed(path: Path, model: Model) -> tuple[torch.Tensor, torch.T
     if path.suffix not in (".h5", ".hdf5"):
         raise UsageError(f"--observed {path}: smoke needs an .h5 file with datasets 'x_T' "
                          "(M, 3, H, W) and 'geometry' (M, n_obstacles, 5)")
-    if not path.exists():
-        raise UsageError(f"--observed {path}: no such file")
-    try:
-        with h5py.File(path, "r") as f:
-            name = next((k for k in ("x_T", "x") if k in f), None)
-            if name is None:
-                raise UsageError(f"--observed {path}: expected a dataset 'x_T' or 'x'")
-            x_T = torch.from_numpy(f[name][()]).float()
-            extras = {k: torch.from_numpy(f[k][()]) for k in ("geometry", "mask") if k in f}
-    except OSError as err:
-        raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None
+    arr, arrays = read_observed_h5(path, ("geometry", "mask"))
+    x_T = torch.from_numpy(arr).float()
+    extras = {k: torch.from_numpy(v) for k, v in arrays.items()}
     condition = model.system.condition(extras, f"--observed {path}")
     if condition.shape[0] != x_T.shape[0]:
         raise UsageError(f"--observed {path}: {x_T.shape[0]} states but {condition.shape[0]} "
@@ -58,10 +48,7 @@ def infer_smoke(args: argparse.Namespace, model: Model, device: torch.device) ->
     mid = mid_index(model.meta)
     truth = None
     if args.data is not None:
-        data = read(args.data, simulator=model.meta.simulator, limit=args.limit)
-        if (data.meta.dt, data.meta.n_steps) != (model.meta.dt, model.meta.n_steps):
-            raise UsageError(f"{args.data}: dt, steps = {data.meta.dt}, {data.meta.n_steps}; the "
-                             f"checkpoint was trained on {model.meta.dt}, {model.meta.n_steps}")
+        data = read_split(args.data, model, args.limit)
         x_T, truth = data.x[:, -1], data.x[:, [mid, 0]]
         condition = model.system.condition(data.extras, str(args.data))
         source = str(args.data)
@@ -97,7 +84,7 @@ def infer_smoke(args: argparse.Namespace, model: Model, device: torch.device) ->
             print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in report[name].items()))
     write_text_atomic(args.out / "metrics.json", json.dumps(report, indent=2) + "\n")
     reference = data.x[0, :, 0].flip(0) if truth is not None else None
-    figures(args.out, model, x_T, condition, samples, ode, truth, gen, reference)
+    figures(args.out, model, x_T, condition, samples, ode, truth, gen, reference, args.noise)
     print(f"wrote {args.out / 'posterior.h5'}, metrics.json, posterior.png, reverse.gif")
 
 
@@ -115,7 +102,8 @@ def smoke_report(model: Model, truth: torch.Tensor, x_T: torch.Tensor, condition
 
 def figures(out: Path, model: Model, x_T: torch.Tensor, condition: torch.Tensor,
             samples: torch.Tensor, ode: torch.Tensor, truth: torch.Tensor | None,
-            gen: torch.Generator, reference: torch.Tensor | None = None) -> None:
+            gen: torch.Generator, reference: torch.Tensor | None = None,
+            noise: str = "calibrated") -> None:
     """posterior.png (panels at t = 0.35 and 0) and reverse.gif (one reverse SDE trajectory of
     the first observation next to `reference`, its true smoke path (K + 1, H, W) in reverse
     order, when known)."""
@@ -130,13 +118,10 @@ def figures(out: Path, model: Model, x_T: torch.Tensor, condition: torch.Tensor,
         cols["truth t=0"] = truth[:k, 1, 0].cpu()
     cols["SDE mean t=0"] = s[:, :, 1].mean(1)
     smoke_plots.smoke_panels(out / "posterior.png", cols, condition[:k].cpu(), std="SDE std t=0.35")
-    # one reverse trajectory of the first observation, every second frame
-    noise = model.system.noise(model.noise_spectra.to(x_T) if model.noise_spectra is not None
-                               else None, condition[:1])
-    with torch.no_grad():
-        path = euler_maruyama(model.drift(c=1.0, condition=condition[:1]), x_T[:1],
-                              model.times(x_T.device), model.meta.g, gen, noise, return_path=True)
-    frames = path[::2, 0, 0].cpu()
+    # one reverse trajectory of the first observation (reverse time order), every second frame
+    _, paths = sample_posterior(model, x_T[:1], 1, gen, noise, progress=False,
+                                return_paths=True, condition=condition[:1])
+    frames = paths[0, 0, :, 0].flip(0)[::2].cpu()
     times = model.times(torch.device("cpu"))[::2].tolist()
     smoke_plots.smoke_animation(out / "reverse.gif", frames,
                                 reference[::2] if reference is not None else frames,

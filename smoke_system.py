@@ -51,7 +51,6 @@ class SmokeSystem:
 
     def condition(self, extras: dict[str, Tensor], source: str) -> Tensor:
         """The obstacle geometry (N, n, 5) of a file's /geometry, checked against /mask if given."""
-        n_obst = None
         if "geometry" not in extras:
             raise DataError(f"{source}: smoke data need the obstacles: a dataset 'geometry' "
                             "(N, n_obstacles, 5) of rows [kind, x, y, size_x, size_y]")

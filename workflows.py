@@ -14,13 +14,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from physdiff.data import Metadata
+from physdiff.data import DataError, Metadata, Trajectories, read
 from physdiff.samplers import euler_maruyama, langevin_corrector, probability_flow, repeat_samples
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import CheckpointError, load_checkpoint
 from systems import System, system_for
 
-__all__ = ["Model", "evaluate", "load_model", "reconstruct", "sample_posterior"]
+__all__ = ["Model", "check_observations", "evaluate", "load_model", "read_split", "reconstruct",
+           "sample_posterior"]
 
 
 @dataclass
@@ -66,6 +67,18 @@ def load_model(path: Path, device: torch.device) -> Model:
                               f"({str(err).splitlines()[0]})") from None
     score.to(device).eval()
     return Model(score, system, meta, state.get("noise_spectra"), cfg, physics_net)
+
+
+def read_split(path: Path, model: Model, limit: int | None = None) -> Trajectories:
+    """A dataset split to test a model on: same simulator, dt, steps and g as its training
+    data, or one clear error."""
+    data = read(path, simulator=model.meta.simulator, limit=limit)
+    if (data.meta.dt, data.meta.n_steps, data.meta.g) != (
+            model.meta.dt, model.meta.n_steps, model.meta.g):
+        raise DataError(f"{path}: dt, steps, g = {data.meta.dt}, {data.meta.n_steps}, "
+                        f"{data.meta.g}; the checkpoint was trained on {model.meta.dt}, "
+                        f"{model.meta.n_steps}, {model.meta.g}")
+    return data
 
 
 def check_observations(x_T: Tensor, model: Model, source: str) -> None:
