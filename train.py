@@ -56,9 +56,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the joint-physics and network-only models)
     "nbody": {"stages": "1:3000,4:600", "batch_size": 64, "lr": 1e-3, "width": 64,
               "depth": 2},
-    # smoke-64: a U-Net of width 16 (0.24 s per update of 16 states, against 0.74 s for one
+    # smoke-64: a U-Net of width 16 (0.24 s per update of 16 states, against 0.65 s for one
     # batched PhiFlow inverse step of 16). An update of a rollout stage longer than 1 runs the
-    # PhiFlow step with gradients item by item (simulators/smoke.py; 0.5 s per item and step),
+    # PhiFlow step with gradients item by item (simulators/smoke.py; 0.6 s per item and step;
+    # timings: python benchmarks/smoke_speed.py),
     # so the multi-step stage is short. Validation on 2 trajectories (130 physics steps) and
     # calibration on 16 keep those cheap.
     "smoke-64": {"stages": "1:2500,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
