@@ -30,12 +30,15 @@ demo-smoke: setup
 	$(PY) infer.py --checkpoint runs/demo-smoke/checkpoint.pt --data runs/demo-smoke/data/test.h5 \
 		--n-samples 8 --out runs/demo-smoke/posterior
 
+# ruff, the test suite (with the Burgers plug-in's tests), then the packaging check: a wheel
+# installed into a fresh venv runs the heat chain and the README's API snippet
 test: setup
-	$(PY) -m ruff check physdiff simulators tests benchmarks *.py
+	$(PY) -m ruff check physdiff simulators tests benchmarks examples *.py
 	$(PY) -m pytest -q
+	PYTHON=$(PYTHON) bash .ci/check-wheel
 
 lint: setup
-	$(PY) -m ruff check physdiff simulators tests benchmarks *.py
+	$(PY) -m ruff check physdiff simulators tests benchmarks examples *.py
 
 bench: bench-heat bench-nbody bench-smoke
 

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the entry-point scripts are not installed modules
-
-from cli import write_text_atomic
+from physdiff.io import write_text_atomic
 from physdiff.training import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py, datasets/
 
 __all__ = ["ROOT", "base_parser", "print_table", "script", "train_model"]
 

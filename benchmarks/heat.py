@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""heat-32 against the Bayes limit: physdiff's posterior next to the exact one (method.md §5).
+"""heat-32 against the Bayes limit: physdiff's posterior next to the exact one (docs/method.md §7, §8).
 
 Generates the dataset from its recipe (kept when up to date), trains the benchmark model (multi-step
 curriculum) and a one-step-only model with the same number of updates (both resumable: rerun the
@@ -20,23 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import ROOT, base_parser, script, train_model
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the entry-point scripts (train.py) are not installed modules
-
-from common import base_parser, script, train_model
-
-from cli import write_text_atomic
+from physdiff.cli.train import parse_stages
 from physdiff.data import read
+from physdiff.io import write_text_atomic
+from physdiff.model import Model, load_model, reconstruct, sample_posterior, timed
+from physdiff.runtime import code_version, pick_device
 from physdiff.samplers import euler_maruyama
-from systems import code_version, pick_device
-from train import PRESETS, parse_stages
-from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
+from physdiff.systems.heat import HeatSystem
 
 CONFIGS = {
     "full": {"recipe": "datasets/heat-32.json", "data": "datasets/heat-32", "preset": "heat-32",
@@ -74,12 +70,12 @@ def evaluate_all(args: argparse.Namespace, main: Path, one_step: Path, test: Pat
     rows: dict[str, dict[str, Any]] = {}
 
     def add_samples(name: str, samples: torch.Tensor, seconds: float | None = None) -> None:
-        rows[name] = evaluate(model.system, x_0, x_T, samples=samples.cpu(), exact=exact)
+        rows[name] = model.system.evaluate(x_0, x_T, samples=samples.cpu(), exact=exact)
         if seconds is not None:
             rows[name]["seconds_per_sample"] = seconds / (m * n)
 
     def add_point(name: str, point: torch.Tensor, seconds: float | None = None) -> None:
-        rows[name] = evaluate(model.system, x_0, x_T, point=point.cpu())
+        rows[name] = model.system.evaluate(x_0, x_T, point=point.cpu())
         if seconds is not None:
             rows[name]["seconds_per_sample"] = seconds / m
 
@@ -136,7 +132,7 @@ def main() -> None:
     data = ROOT / cfg["data"]
     script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
     t_main = train_model(data, out / "model", ["--preset", cfg["preset"]], args.device)
-    preset_steps = sum(s.steps for s in parse_stages(PRESETS[cfg["preset"]]["stages"], 1.0))
+    preset_steps = sum(s.steps for s in parse_stages(HeatSystem.presets[cfg["preset"]]["stages"], 1.0))
     t_one = train_model(data, out / "one-step", ["--preset", cfg["preset"], "--stages",
                                                  f"1:{preset_steps}"], args.device)
     print(f"evaluating on {data / 'test.h5'} ({args.n_samples} samples per state)")

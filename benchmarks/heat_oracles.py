@@ -4,7 +4,7 @@
 Prints (and writes as JSON next to the split, `<split>.oracles.json`):
 - the exact minimum of the one-step loss (the floor of train.py's validation loss);
 - the MSE of the noise-free c = 1 path (= the exact posterior mean), of the discrete c = 1/2
-  probability-flow step of method.md §2, and of the exact continuous transport map, each over
+  probability-flow step of docs/method.md §2, and of the exact continuous transport map, each over
   the exact posterior mean's MSE.
 
 Example:
@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cli import write_text_atomic
 from physdiff.data import read
+from physdiff.io import write_text_atomic
 from simulators import heat
 
 

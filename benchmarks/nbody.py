@@ -23,16 +23,16 @@ from typing import Any
 import torch
 from common import ROOT, base_parser, print_table, script, train_model
 
-from cli import write_text_atomic
 from physdiff.data import read
+from physdiff.io import write_text_atomic
+from physdiff.model import Model, load_model, reconstruct, sample_posterior, timed
+from physdiff.runtime import code_version, pick_device
 from physdiff.samplers import euler_maruyama
-from systems import code_version, pick_device
-from train import PRESETS
-from workflows import Model, evaluate, load_model, reconstruct, sample_posterior, timed
+from physdiff.systems.nbody import NBodySystem
 
 CONFIGS = {
     "full": {"recipe": "datasets/nbody-5.json", "data": "datasets/nbody-5", "preset": "nbody",
-             "stages": PRESETS["nbody"]["stages"], "out": "benchmarks/results/nbody-5",
+             "stages": NBodySystem.presets["nbody"]["stages"], "out": "benchmarks/results/nbody-5",
              "generate": []},
     "quick": {"recipe": "datasets/nbody-5.json", "data": "runs/bench-nbody-quick/data",
               "preset": "nbody", "stages": "1:400,4:100", "out": "benchmarks/results/nbody-quick",
@@ -79,10 +79,10 @@ def evaluate_model(model: Model, x_0: torch.Tensor, x_T: torch.Tensor, n: int,
     gen = torch.Generator(x_T.device).manual_seed(2)
     (samples, paths), seconds = timed(lambda: sample_posterior(
         model, x_T, n, gen, "calibrated", 0.0, batch_size, return_paths=True))
-    sde = evaluate(model.system, x_0, x_T.cpu(), samples=samples.cpu(),
+    sde = model.system.evaluate(x_0, x_T.cpu(), samples=samples.cpu(),
                    paths=paths.cpu().flatten(0, 1))
     sde["seconds_per_sample"] = seconds / (x_T.shape[0] * n)
-    mean = evaluate(model.system, x_0, x_T.cpu(),
+    mean = model.system.evaluate(x_0, x_T.cpu(),
                     point=reconstruct(model, x_T, "mean", batch_size=batch_size).cpu())
     return {"SDE": sde, "mean path": mean}
 
@@ -113,9 +113,9 @@ def main() -> None:
                 row["force_error"] = force_error(model, test.x)
             rows[f"{name}: {kind}"] = row
     path = naive_reverse(model, x_T.to(device)).flip(0).transpose(0, 1).cpu()
-    rows["naive reverse (no score)"] = evaluate(model.system, x_0, x_T, point=path[:, 0].float(),
+    rows["naive reverse (no score)"] = model.system.evaluate(x_0, x_T, point=path[:, 0].float(),
                                                 paths=path)
-    rows["data trajectories (reference)"] = evaluate(model.system, x_0, x_T, point=x_0,
+    rows["data trajectories (reference)"] = model.system.evaluate(x_0, x_T, point=x_0,
                                                      paths=test.x)
     print_table(rows, COLUMNS)
     print_notes()

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 from common import ROOT, base_parser, print_table, script, train_model
 
-from cli import write_text_atomic
 from physdiff.data import read
-from smoke_inference import mid_index
-from systems import code_version, pick_device, system_for
-from workflows import load_model, reconstruct, sample_posterior, timed
+from physdiff.io import write_text_atomic
+from physdiff.model import load_model, reconstruct, sample_posterior, timed
+from physdiff.runtime import code_version, pick_device
+from physdiff.systems import for_data
+from physdiff.systems.smoke.system import mid_index
 
 CONFIGS = {
     "full": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
@@ -90,7 +91,7 @@ def main() -> None:
         return models[physics]
 
     test = read(data / "test.h5", simulator="smoke", limit=args.limit)
-    system = system_for(test.meta, tuple(test.x.shape[2:]))
+    system = for_data(test.meta, tuple(test.x.shape[2:]))
     mid = mid_index(system.meta)
     mid_t = mid * system.meta.dt
     cond = system.condition(test.extras, str(data / "test.h5")).to(device)
@@ -109,9 +110,9 @@ def main() -> None:
         samples, sec = timed(lambda: sample_posterior(
             which, x_T, n, gen, batch_size=args.batch_size, condition=cond, keep=(mid,),
             stop=mid)[:, :, 0])
-        rows = {"all": system.evaluate(truth, x_T, cond, samples=samples, t_start=mid_t),
-                "subset": system.evaluate(truth[:k], x_T[:k], cond[:k], samples=samples[:k],
-                                          t_start=mid_t)}
+        rows = {"all": system.evaluate(truth, x_T, samples=samples, condition=cond, index=mid),
+                "subset": system.evaluate(truth[:k], x_T[:k], samples=samples[:k],
+                                          condition=cond[:k], index=mid)}
         for r in rows.values():
             r["seconds"], r["train_minutes"] = sec / (m * n), minutes
         return rows
@@ -120,9 +121,9 @@ def main() -> None:
         model, minutes = trained("true")
         x, sec = timed(lambda: reconstruct(model, x_T, kind, batch_size=args.batch_size,
                                            condition=cond, keep=(mid,), stop=mid)[:, 0])
-        rows = {"all": system.evaluate(truth, x_T, cond, point=x, t_start=mid_t),
-                "subset": system.evaluate(truth[:k], x_T[:k], cond[:k], point=x[:k],
-                                          t_start=mid_t)}
+        rows = {"all": system.evaluate(truth, x_T, point=x, condition=cond, index=mid),
+                "subset": system.evaluate(truth[:k], x_T[:k], point=x[:k], condition=cond[:k],
+                                          index=mid)}
         for r in rows.values():
             r["seconds"] = sec / m
             if kind == "ode":
@@ -131,7 +132,7 @@ def main() -> None:
 
     def lbfgs() -> dict[str, Any]:
         x, sec = timed(lambda: system.lbfgs_reconstruct(x_T[:k], cond[:k], mid_t))
-        row = system.evaluate(truth[:k], x_T[:k], cond[:k], point=x, t_start=mid_t)
+        row = system.evaluate(truth[:k], x_T[:k], point=x, condition=cond[:k], index=mid)
         row["seconds"] = sec / k
         return {"subset": row}
 

@@ -20,11 +20,11 @@ from collections.abc import Callable
 import torch
 from common import ROOT
 
-from cli import write_text_atomic
 from physdiff.data import read
-from physdiff.unet import GridScoreNet
+from physdiff.io import write_text_atomic
+from physdiff.nets import GridScoreNet
+from physdiff.runtime import code_version
 from simulators import smoke
-from systems import code_version
 
 
 def seconds(fn: Callable[[], object], repeats: int) -> float:

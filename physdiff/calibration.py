@@ -16,13 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from physdiff.metrics import interval_coverage
-
 __all__ = [
-    "central_interval_coverage",
     "chi2_sf",
     "chi2_uniformity",
-    "expected_coverage",
     "kolmogorov_sf",
     "ks_uniformity",
     "rank_coverage",
@@ -173,44 +169,6 @@ def ks_uniformity(ranks: Tensor, n_samples: int, generator: torch.Generator | No
     i = torch.arange(1, m + 1, dtype=torch.float64, device=ranks.device)
     d = torch.maximum(i / m - u, u - (i - 1) / m).max().item()
     return d, kolmogorov_sf((m**0.5 + 0.12 + 0.11 / m**0.5) * d)
-
-
-def central_interval_coverage(samples: Tensor, truth: Tensor, level: float) -> float:
-    """Fraction of true coordinates inside [q_lo, q_hi], the empirical quantiles (1 ∓ level) / 2
-    of their n samples (`torch.quantile`, linear interpolation, endpoints included).
-
-    With finite n this is below `level` even for a calibrated sampler: an interval from order
-    statistic a to b of n samples holds b − a of the n + 1 equally likely gaps, so its expected
-    coverage is (b − a) / (n + 1). Compare with `expected_coverage`, not with `level`.
-
-    Arguments:
-        samples: Posterior samples, shape (M, n, D).
-        truth: True values, shape (M, D).
-        level: Nominal level in (0, 1).
-
-    References:
-        Talts et al. (2018), arXiv:1804.06788
-    """
-    return interval_coverage(samples, truth, level)
-
-
-def expected_coverage(n_samples: int, level: float) -> float:
-    """Expected `central_interval_coverage` of a calibrated sampler: level · (n − 1) / (n + 1).
-
-    The interpolated quantiles sit at positions h = (1 ∓ level) / 2 · (n − 1) among the sorted
-    samples 0..n − 1, and the truth falls in each of the n + 1 gaps with probability 1 / (n + 1);
-    the interval spans h_hi − h_lo = level · (n − 1) gaps. This is exact for any posterior when
-    both h are integers (order statistics; e.g. n = 21, level = 0.9), and for a uniform posterior
-    always. Otherwise a partly covered gap counts pro rata, which is off by O(1 / n²) for a curved
-    density (≈ +0.006 for a Gaussian at n = 19, level = 0.9).
-
-    References:
-        Wilks (1941), Determination of Sample Sizes for Setting Tolerance Limits, Ann. Math.
-        Statist. 12 (the coverage of [x_(a), x_(b)] is Beta(b − a, n + 1 − b + a))
-    """
-    if not 0 < level < 1 or n_samples < 1:
-        raise ValueError("need 0 < level < 1 and n_samples ≥ 1")
-    return level * (n_samples - 1) / (n_samples + 1)
 
 
 def rank_coverage(ranks: Tensor, n_samples: int, level: float) -> tuple[float, float]:

@@ -1,8 +1,8 @@
-"""The HDF5 trajectory schema (one module owns it), its reader and writer, and a window Dataset.
+"""The HDF5 trajectory schema (one module owns it), its reader and writer.
 
 File layout, schema 1:
     /x        float32 (N, K + 1, *state), one chunk per trajectory: x[:, k] is the state at k·dt
-    /<name>   optional per-trajectory arrays (N, *), e.g. the smoke obstacles: /geometry
+    /<name>   optional per-trajectory arrays (N, *), e.g. obstacles: /geometry
               (N, n_obstacles, 5) and /mask (N, 1, H, W); which ones a simulator needs is the
               system's business (systems.py)
     attrs     schema, simulator, dt, g, n_steps, seed, split, norm_mean, norm_std, version,
@@ -14,7 +14,6 @@ training split, and g is in those normalised units.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCHEMA", "DataError", "Metadata", "Trajectories", "WindowDataset", "read",
+from physdiff.io import atomic_path
+
+__all__ = ["SCHEMA", "DataError", "Metadata", "Trajectories", "read",
            "read_metadata", "up_to_date", "write"]
 
 SCHEMA = 1
@@ -88,20 +89,13 @@ def write(path: Path, x: Tensor | np.ndarray, meta: Metadata,
         if name == "x" or value.ndim < 1 or value.shape[0] != x.shape[0]:
             raise DataError(f"{path}: extra array '{name}' must be named other than 'x' and "
                             f"have one entry per trajectory ({x.shape[0]}), got {value.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
-            for name, value in extras.items():
-                f.create_dataset(name, data=value)
-            attrs = asdict(meta)
-            attrs["params"] = json.dumps(meta.params, sort_keys=True)
-            f.attrs.update(schema=SCHEMA, **attrs)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+        for name, value in extras.items():
+            f.create_dataset(name, data=value)
+        attrs = asdict(meta)
+        attrs["params"] = json.dumps(meta.params, sort_keys=True)
+        f.attrs.update(schema=SCHEMA, **attrs)
 
 
 def _open(path: Path) -> h5py.File:
@@ -176,36 +170,3 @@ def read(path: Path, simulator: str | None = None, limit: int | None = None) -> 
             raise DataError(f"{path}: dataset '{name}' contains NaN or Inf")
     return Trajectories(torch.from_numpy(x), meta,
                         {k: torch.from_numpy(np.asarray(v)) for k, v in extras.items()})
-
-
-class WindowDataset(torch.utils.data.Dataset):
-    """Windows of S + 1 consecutive states (x_{k−S}, …, x_k) and their end time t_k.
-
-    Every window end k = S..K is used, so windows reach the first state x_0. The HDF5 file is
-    opened lazily in each process (HDF5 handles are not fork-safe).
-
-    Item: (window (S + 1, *state) float32, t_k () float32).
-    """
-
-    def __init__(self, path: Path, window: int) -> None:
-        self.path = Path(path)
-        self.meta, shape = read_metadata(self.path)
-        if not 1 <= window <= self.meta.n_steps:
-            raise DataError(f"{self.path}: window {window} outside 1..{self.meta.n_steps}")
-        self.window, self.n_traj = window, shape[0]
-        self._file: h5py.File | None = None
-
-    def __len__(self) -> int:
-        return self.n_traj * (self.meta.n_steps - self.window + 1)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        per_traj = self.meta.n_steps - self.window + 1
-        i, j = divmod(index, per_traj)
-        end = j + self.window
-        x = torch.from_numpy(self._file["x"][i, end - self.window:end + 1])
-        return x, torch.tensor(end * self.meta.dt, dtype=torch.float32)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_file": None}

@@ -1,4 +1,4 @@
-"""One-step and multi-step losses (method.md §3): pure functions of a reverse drift and data.
+"""One-step and multi-step losses (docs/method.md §3): pure functions of a reverse drift and data.
 
 Both losses are divided by g² dt, the variance of one step of forward noise per component. At the
 optimum of the one-step loss its value is E Var(x_k | x_{k+1}) / (g² dt), which is ≈ 1 for modes
@@ -67,7 +67,7 @@ def multi_step_loss(drift: Drift, window: Tensor, t_end: Tensor, dt: float, g: f
                     method: str = "euler") -> Tensor:
     r"""L_S = E (1/S) Σ_{j=1..S} ‖x_{k−j} − x̂_{k−j}‖² / (g² dt), x̂ rolled out from x̂_k = x_k.
 
-    The mean over j (method.md writes the sum) keeps the loss scale, and so the learning rate,
+    The mean over j (docs/method.md §3) keeps the loss scale, and so the learning rate,
     unchanged when the curriculum lengthens the window. Use the c = 1 drift: the minimiser of a
     squared loss on deterministic rollouts is the conditional mean, which the c = 1 path represents
     (and, for linear-Gaussian problems, equals E[x_{k−j} | x_k] exactly); a c = 1/2 rollout would
@@ -89,7 +89,7 @@ def multi_step_loss(drift: Drift, window: Tensor, t_end: Tensor, dt: float, g: f
 def forward_loss(step: Callable[[Tensor], Tensor], x_prev: Tensor, x_next: Tensor, dt: float,
                  g: float) -> Tensor:
     r"""L_P = E ‖x_{k+1} − S_φ(x_k)‖² / (g² dt): the forward one-step loss that anchors a learned
-    physics step S_φ (method.md §3, joint physics). Its minimiser is E[x_{k+1} | x_k], the
+    physics step S_φ (docs/method.md §3, joint physics). Its minimiser is E[x_{k+1} | x_k], the
     noise-free step, and its floor is the fraction of components that carry noise.
 
     Arguments:

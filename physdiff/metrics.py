@@ -1,4 +1,4 @@
-"""Accuracy and calibration metrics for posterior samples of fields (method.md §5).
+"""Accuracy and calibration metrics for posterior samples of fields (docs/method.md §7, §8).
 
 Spectral quantities use integer wavenumbers of the unnormalised `torch.fft.fft2`; radial bin r
 holds the modes with round(|k|) = r.

@@ -1,4 +1,4 @@
-"""Reverse-time samplers (method.md §4): plain functions of a drift, a state and a time grid.
+"""Reverse-time samplers (docs/method.md §4): plain functions of a drift, a state and a time grid.
 
 They stay differentiable; the caller decides on `torch.no_grad`. A decreasing grid `ts` runs
 reverse time from ts[0] = T down to ts[-1] = 0. To draw n posterior samples of B observations,
@@ -55,7 +55,7 @@ def euler_maruyama(
 
     Step i: x ← x + (t_{i+1} − t_i) f(x, t_i) + noise_i, then optionally a corrector at t_{i+1}
     (skipped at the final time, where no score was trained). With f = P − g² s_θ and the
-    physics drift of `as_drift`, one step is P̃⁻¹(x) + dt g² s_θ(x, t) + g √dt z (method.md §2).
+    physics drift of `as_drift`, one step is P̃⁻¹(x) + dt g² s_θ(x, t) + g √dt z (docs/method.md §2).
 
     Arguments:
         drift: Reverse drift f(x, t), c = 1.

@@ -1,4 +1,4 @@
-"""Drifts as callables, and their composition into reverse-time drifts (method.md §2).
+"""Drifts as callables, and their composition into reverse-time drifts (docs/method.md §2).
 
 Every drift has the signature (x: (B, *), t: (B,)) -> (B, *). The reverse step from t to
 s = t − dt is x_s = x_t − dt · f(x_t, t); an Euler step of the ODE dx/dt = f on a decreasing
@@ -24,14 +24,15 @@ def expand_like(t: Tensor, x: Tensor) -> Tensor:
 def as_drift(step: Callable[[Tensor], Tensor], dt: float) -> Drift:
     """The rate of a forward simulator step x -> x': P(x) = (x' − x) / dt.
 
-    Its backward Euler step is x − dt P(x) = 2x − S(x), the negated forward increment that
-    method.md §2 prescribes for diffusion.
+    Its reverse step (explicit Euler with −dt) is x − dt P(x) = 2x − S(x), the negated forward
+    increment that docs/method.md §2 prescribes for diffusion.
     """
     return lambda x, t: (step(x) - x) / dt
 
 
 def from_inverse_step(inverse_step: Callable[[Tensor], Tensor], dt: float) -> Drift:
-    """The drift whose backward Euler step is a given approximate inverse P̃⁻¹: (x − P̃⁻¹(x)) / dt.
+    """The drift whose explicit reverse Euler step is a given approximate inverse P̃⁻¹:
+    (x − P̃⁻¹(x)) / dt.
 
     Use it for a simulator run with −dt (advection) or a learned inverse.
     """

@@ -1,13 +1,12 @@
 """The training loop as a generator of metrics, the rollout curriculum, and checkpoints.
 
-Practice from the reference (method.md §3): Adam, element-wise gradient clipping, updates with
+Practice from the reference (docs/method.md §3): Adam, element-wise gradient clipping, updates with
 non-finite gradients skipped and counted, learning rate lowered in the last (fine-tuning) stage.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from physdiff.io import atomic_path
 
 __all__ = ["CheckpointError", "Stage", "fit", "load_checkpoint", "save_checkpoint", "stage_at"]
 
@@ -91,11 +92,8 @@ def save_checkpoint(path: Path, **state: Any) -> None:
     The state must hold only tensors, numbers, strings and containers of them, so that
     `load_checkpoint` can use weights_only=True.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

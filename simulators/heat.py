@@ -1,6 +1,6 @@
 """Stochastic heat diffusion on the 2π-periodic square, with its exact Gaussian posterior.
 
-The system (method.md §1, §5 heat-32):
+The system (docs/method.md §1, §8 heat-32):
 
     x_{k+1} = S_dt(x_k) + g √dt z_k,   S_dt: û ← exp(−|k|² dt) û  (integer wavenumbers),
 
@@ -57,7 +57,7 @@ def step(u: Tensor, dt: float, kappa: float = 1.0) -> Tensor:
 
 
 def inverse_step(u: Tensor, dt: float, kappa: float = 1.0) -> Tensor:
-    """Approximate inverse physics step P̃⁻¹(u) = 2u − S_dt(u) (method.md §2).
+    """Approximate inverse physics step P̃⁻¹(u) = 2u − S_dt(u) (docs/method.md §2).
 
     Exact inversion multiplies mode k by exp(+|k|² dt) and blows up noise; negating the forward
     increment is stable (gain ≤ 2 per step) and exact to first order in dt.

@@ -1,6 +1,6 @@
 """A 2D gravitational N-body toy system with Langevin noise on the velocities.
 
-The system (method.md §1), for bodies i = 1..N with positions r_i, velocities v_i, masses m_i:
+The system (docs/method.md §1), for bodies i = 1..N with positions r_i, velocities v_i, masses m_i:
 
     dr_i = v_i dt,   dv_i = a_i(r) dt + g dW_i,
     a_i(r) = G Σ_{j≠i} m_j (r_j − r_i) / (|r_j − r_i|² + ε²)^{3/2}     (Plummer softening ε),

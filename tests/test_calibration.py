@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
 
 from physdiff.calibration import (
-    central_interval_coverage,
     chi2_sf,
     chi2_uniformity,
-    expected_coverage,
     kolmogorov_sf,
     ks_uniformity,
     rank_coverage,
@@ -174,37 +171,6 @@ def test_ks_of_constant_ranks() -> None:
 
 
 # --- coverage ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("level", [0.5, 0.9])
-def test_coverage_of_the_exact_posterior_is_the_expected_one(level: float) -> None:
-    """Coverage ≈ level (n − 1) / (n + 1) within 4 standard errors, and clearly not ≈ level."""
-    coverage = central_interval_coverage(*_toy(), level)
-    expected = expected_coverage(N, level)
-    se = math.sqrt(expected * (1 - expected) / (M * D))
-    assert coverage == pytest.approx(expected, abs=4 * se)
-    assert abs(coverage - level) > 5 * se
-
-
-def test_expected_coverage_values() -> None:
-    assert expected_coverage(19, 0.9) == pytest.approx(0.81)
-    assert expected_coverage(21, 0.9) == pytest.approx(18 / 22)
-    assert expected_coverage(10_000, 0.5) == pytest.approx(0.5, abs=1e-4)
-    with pytest.raises(ValueError):
-        expected_coverage(19, 1.0)
-
-
-@pytest.mark.parametrize(("n", "level", "draw"), [(19, 0.9, torch.rand), (19, 0.5, torch.rand),
-                                                  (21, 0.9, torch.randn), (9, 0.5, torch.randn)])
-def test_expected_coverage_by_monte_carlo(n: int, level: float, draw: Callable[..., Tensor]) -> None:
-    """Exact samples where the formula is exact: uniform posteriors (any level), or quantile
-    positions (1 ∓ level) / 2 · (n − 1) on whole samples (any posterior; here Gaussian)."""
-    m = 20_000
-    samples = draw(m, n, 1, generator=_gen(n), dtype=torch.float64)
-    truth = draw(m, 1, generator=_gen(n + 100), dtype=torch.float64)
-    expected = expected_coverage(n, level)
-    se = math.sqrt(expected * (1 - expected) / m)
-    assert central_interval_coverage(samples, truth, level) == pytest.approx(expected, abs=4 * se)
 
 
 def test_rank_coverage_is_exact_for_calibrated_and_low_for_overconfident() -> None:

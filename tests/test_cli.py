@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import generate
-import infer
-import train
+from physdiff.cli import generate, infer, train
+from simulators import heat
 
 TINY = ["--n-train", "12", "--n-valid", "4", "--n-test", "3", "--size", "8", "--steps", "4",
         "--t-final", "0.05", "--seed", "1"]
@@ -46,11 +45,30 @@ def test_generate_writes_normalised_splits_and_is_reproducible(data: Path, tmp_p
         np.testing.assert_array_equal(a["x"][()], b["x"][()])
 
 
-def test_generate_recipe_reproduces_heat32_convention(tmp_path: Path) -> None:
-    recipe = json.loads((Path(__file__).parents[1] / "datasets/heat-32.json").read_text())
-    assert recipe == {"simulator": "heat", "n_train": 2500, "n_valid": 500, "n_test": 500,
-                      "size": 32, "exponent": 4.0, "t_final": 0.2, "steps": 32, "g": 0.1,
-                      "seed": 0}
+def test_generate_recipe_follows_the_heat32_convention(tmp_path: Path) -> None:
+    """The heat-32 recipe (at reduced counts): 32² fields with power spectrum ∝ |k|^-4 and no
+    k = 0 mode, normalised by the training split, T = 0.2 in 32 steps, and data that are the
+    exact spectral step plus g √dt z with g = 0.1 (docs/method.md §8)."""
+    recipe = Path(__file__).parents[1] / "datasets/heat-32.json"
+    generate.main(["--recipe", str(recipe), "--n-train", "400", "--n-valid", "2", "--n-test",
+                   "2", "--out", str(tmp_path)])
+    with h5py.File(tmp_path / "train.h5") as f:
+        x = torch.from_numpy(f["x"][()]).double()
+        meta = dict(f.attrs)
+    assert x.shape == (400, 33, 1, 32, 32) and meta["n_steps"] == 32
+    assert meta["dt"] == pytest.approx(0.2 / 32) and meta["g"] == 0.1
+    x0 = x[:, 0, 0] * meta["norm_std"] + meta["norm_mean"]  # raw initial fields
+    assert x[:, 0].std().item() == pytest.approx(1.0, abs=0.02)
+    power = torch.fft.fft2(x0).abs().square().mean(0)
+    assert power[0, 0] < 1e-9 * power.mean()  # no k = 0 mode (float32 storage)
+    k = torch.fft.fftfreq(32).abs()
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    low = (k2 > 0) & (k2 <= 0.1 ** 2)  # well resolved modes; |k| in cycles per pixel
+    slope = np.polyfit(np.log(k2[low].sqrt()), np.log(power[low]), 1)[0]
+    assert abs(slope + 4) < 0.3
+    # residual of the exact step is white noise of variance g² dt per pixel
+    r = x[:, 1:, 0] - heat.step(x[:, :-1, 0], meta["dt"])
+    assert r.var().item() / (0.1**2 * meta["dt"]) == pytest.approx(1.0, abs=0.02)
 
 
 def test_train_writes_checkpoint_log_and_calibration(trained: Path) -> None:

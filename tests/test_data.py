@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from physdiff import data
-from physdiff.data import DataError, Metadata, WindowDataset, read, read_metadata, write
+from physdiff.data import DataError, Metadata, read, read_metadata, write
 
 N, K, H, W = 4, 6, 5, 3  # trajectories, steps, grid (deliberately not square)
 
@@ -225,80 +224,6 @@ def test_read_limit_reads_only_the_first_trajectories(tmp_path: Path) -> None:
     assert torch.equal(traj.x, torch.from_numpy(x[:2]))
     with pytest.raises(DataError):
         read(path)
-
-
-# --- WindowDataset ----------------------------------------------------------------------------
-
-
-def _windows(ds: WindowDataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [ds[i] for i in range(len(ds))]
-
-
-@pytest.mark.parametrize("window", [1, 2, K])
-def test_window_dataset_gives_every_window_once(tmp_path: Path, window: int) -> None:
-    """Items are x[traj, k − S : k + 1] with t_k = k·dt, for every traj and every k = S..K."""
-    x = _trajectories()
-    path = _good_file(tmp_path / "a.h5", x=x)
-    ds = WindowDataset(path, window)
-    assert len(ds) == N * (K - window + 1)
-    seen = set()
-    for item, t in _windows(ds):
-        assert item.shape == (window + 1, 1, H, W) and item.dtype == torch.float32
-        assert t.shape == () and t.dtype == torch.float32
-        # the first state identifies (traj, k − S): all states are distinct random fields
-        first = [(i, j) for i in range(N) for j in range(K + 1) if np.array_equal(x[i, j], item[0])]
-        assert len(first) == 1
-        traj, start = first[0]
-        end = start + window
-        assert end <= K
-        assert torch.equal(item, torch.from_numpy(x[traj, start:end + 1]))
-        assert t.item() == pytest.approx(end * _meta().dt, rel=1e-6)
-        seen.add((traj, end))
-    assert seen == {(i, k) for i in range(N) for k in range(window, K + 1)}
-    assert any(end == window for _, end in seen)  # some window starts at x_0
-    assert any(end == K for _, end in seen)  # and some ends at x_K
-
-
-def test_window_dataset_survives_pickling_after_use(tmp_path: Path) -> None:
-    """A dataset whose file is already open pickles (the handle is dropped) and still reads."""
-    path = _good_file(tmp_path / "a.h5")
-    ds = WindowDataset(path, 2)
-    expected = _windows(ds)  # opens the HDF5 file
-    clone = pickle.loads(pickle.dumps(ds))
-    assert len(clone) == len(ds)
-    for (a, t), (b, s) in zip(_windows(clone), expected, strict=True):
-        assert torch.equal(a, b) and torch.equal(t, s)
-    assert len(_windows(ds)) == len(ds)  # the original still works after being pickled
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_window_dataset_in_a_data_loader(tmp_path: Path, num_workers: int) -> None:
-    """Batches from a DataLoader equal the items, in order, also with worker processes."""
-    path = _good_file(tmp_path / "a.h5")
-    ds = WindowDataset(path, 3)
-    ds[0]  # an open handle must not break the workers
-    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=num_workers)
-    batches = list(loader)
-    assert batches[0][0].shape == (5, 4, 1, H, W) and batches[0][1].shape == (5,)
-    xs = torch.cat([b[0] for b in batches])
-    ts = torch.cat([b[1] for b in batches])
-    items = _windows(ds)
-    assert torch.equal(xs, torch.stack([item for item, _ in items]))
-    assert torch.equal(ts, torch.stack([t for _, t in items]))
-
-
-@pytest.mark.parametrize("window", [0, -1, K + 1])
-def test_window_outside_range_raises_data_error(tmp_path: Path, window: int) -> None:
-    """The window length must be in 1..K."""
-    path = _good_file(tmp_path / "a.h5")
-    _assert_data_error(lambda: WindowDataset(path, window), path, "window", f"1..{K}")
-
-
-def test_window_dataset_validates_its_file(tmp_path: Path) -> None:
-    """A broken file is rejected when the dataset is built, not later in a worker."""
-    path = tmp_path / "broken.h5"
-    _truncated(path)
-    _assert_data_error(lambda: WindowDataset(path, 1), path)
 
 
 # --- Metadata ---------------------------------------------------------------------------------

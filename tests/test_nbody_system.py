@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-import generate
-import infer
-import train
+from physdiff import calibration
+from physdiff.cli import generate, infer, train
 from physdiff.data import read
 from physdiff.losses import forward_loss
+from physdiff.model import load_model, sample_posterior
 from physdiff.samplers import euler_maruyama
 from physdiff.sde import reverse_drift
+from physdiff.systems import for_data as system_for
 from simulators import nbody
-from systems import system_for
 
 TINY = ["nbody", "--bodies", "3", "--masses", "1,2,3", "--n-train", "24", "--n-valid", "4",
         "--n-test", "4", "--steps", "6", "--t-final", "0.3", "--substeps", "2", "--seed", "3"]
@@ -88,11 +88,30 @@ def test_chain_train_infer_runs_with_each_physics(data: Path, tmp_path: Path,
                 "--n-samples", "19", "--out", str(tmp_path / "post"), "--device", "cpu"])
     assert (tmp_path / "post" / "sbc_ranks.png").exists()
     report = json.loads((tmp_path / "post" / "metrics.json").read_text())
-    assert report["sde"]["coverage90_nominal"] == 0.9
-    assert 0 <= report["sde"]["sbc_p"] <= 1
-    if physics != "none":  # masked score: positions move by the physics alone
-        with h5py.File(tmp_path / "post" / "posterior.h5") as f:
-            assert f["paths"].shape == (4, 19, 7, 3, 4)
+    with h5py.File(tmp_path / "post" / "posterior.h5") as f:
+        samples, paths = torch.from_numpy(f["samples"][()]), torch.from_numpy(f["paths"][()])
+        truth, observed = torch.from_numpy(f["truth"][()]), torch.from_numpy(f["observed"][()])
+    assert paths.shape == (4, 19, 7, 3, 4)
+    # every reverse path starts at the observation and ends at the stored sample
+    assert torch.equal(paths[:, :, -1], observed[:, None].expand_as(paths[:, :, -1]))
+    assert torch.equal(paths[:, :, 0], samples)
+    # the reported metrics are those of the stored samples
+    ranks = calibration.sbc_ranks(samples.flatten(2).double(), truth.flatten(1).double(),
+                                  torch.Generator().manual_seed(0))
+    cov, nominal = calibration.rank_coverage(ranks, 19, 0.9)
+    assert nominal == 0.9 and report["sde"]["coverage90"] == pytest.approx(cov)
+    assert report["sde"]["sbc_p"] == pytest.approx(calibration.chi2_uniformity(ranks, 19)[1])
+    mse_pos = (samples[..., :2] - truth[:, None, :, :2]).square().mean().item()
+    assert report["sde"]["mse_pos_per_sample"] == pytest.approx(mse_pos, rel=1e-5)
+    if physics == "true":  # masked score, white noise on velocities: positions move by physics
+        model = load_model(run / "checkpoint.pt")
+        _, white = sample_posterior(model, observed, 3, torch.Generator().manual_seed(0),
+                                    "white", return_paths=True)
+        k_next = white[:, :, 1:].flatten(0, 2).double()
+        back = k_next - model.meta.dt * model.system.physics_drift("true")(
+            k_next, torch.zeros(k_next.shape[0]))
+        torch.testing.assert_close(back[..., :2].float(),
+                                   white[:, :, :-1].flatten(0, 2)[..., :2], atol=1e-5, rtol=0)
 
 
 def test_bad_masses_and_observations_give_one_line_errors(

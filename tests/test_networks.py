@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from physdiff.networks import PeriodicScoreNet
+from physdiff.nets import PeriodicScoreNet
 
 
 def _random_net(spectral: bool = True) -> PeriodicScoreNet:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from physdiff.set_networks import PairwiseForce, SetScoreNet
+from physdiff.nets import PairwiseForce, SetScoreNet
 
 MASSES = torch.tensor([1.0, 0.3, 2.5, 0.7, 1.6], dtype=torch.float64)
 PERM = torch.tensor([3, 0, 4, 2, 1])

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from cli import UsageError
+from physdiff.cli.common import UsageError
+from physdiff.cli.train import parse_stages
 from physdiff.training import (
     CheckpointError,
     Stage,
@@ -16,7 +17,6 @@ from physdiff.training import (
     save_checkpoint,
     stage_at,
 )
-from train import parse_stages
 
 
 def test_stage_at_walks_the_curriculum() -> None:
@@ -64,7 +64,7 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
     save_checkpoint(path, model={"w": torch.ones(2)}, config={"a": 1}, step=3)
     state = load_checkpoint(path)
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
-    assert not (tmp_path / "ck.pt.tmp").exists()
+    assert not (tmp_path / "ck.tmp.pt").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")

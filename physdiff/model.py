@@ -1,6 +1,6 @@
-"""Script-layer workflows shared by infer.py and the benchmarks: load a trained model, run the
-reverse samplers in batches, and score the results (against the exact posterior where one exists).
-"""
+"""A trained model and the reverse samplers run on it in batches: load a checkpoint, draw
+posterior samples, reconstruct (docs/method.md §4). Used by infer.py, the benchmarks and the
+library API (physdiff.load)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from tqdm import tqdm
 from physdiff.data import DataError, Metadata, Trajectories, read
 from physdiff.samplers import euler_maruyama, langevin_corrector, probability_flow, repeat_samples
 from physdiff.sde import Drift, reverse_drift
+from physdiff.systems import System, for_data
+from physdiff.systems.base import zero_drift
 from physdiff.training import CheckpointError, load_checkpoint
-from systems import System, system_for
 
-__all__ = ["Model", "check_observations", "evaluate", "load_model", "read_split", "reconstruct",
-           "sample_posterior"]
+__all__ = ["Model", "check_observations", "load_model", "read_split", "reconstruct",
+           "sample_posterior", "timed"]
 
 
 @dataclass
@@ -49,14 +50,17 @@ class Model:
         return self.meta.times()[stop:].flip(0).to(device, torch.float32)
 
 
-def load_model(path: Path, device: torch.device) -> Model:
+def load_model(path: Path, device: torch.device | str = "cpu", system: str | None = None
+               ) -> Model:
+    """A checkpoint's networks, system and noise calibration on `device`; `system` overrides
+    the system the checkpoint records (a name or package.module:Class)."""
     state = load_checkpoint(path)
     meta = Metadata(**state["meta"])
-    system = system_for(meta, tuple(state["state_shape"]))
     cfg = state["config"]
+    system_ = for_data(meta, tuple(state["state_shape"]), system or cfg.get("system"))
     physics = cfg.get("physics", "true")
-    score = system.score_net(cfg["width"], cfg["depth"], cfg["spectral"], physics)
-    physics_net = system.physics_net(cfg["physics_width"]) if physics == "learned" else None
+    score = system_.score_net(cfg["width"], cfg["depth"], cfg["spectral"], physics)
+    physics_net = system_.physics_net(cfg["physics_width"]) if physics == "learned" else None
     try:
         score.load_state_dict(state["model"])
         if physics_net is not None:
@@ -66,7 +70,7 @@ def load_model(path: Path, device: torch.device) -> Model:
         raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
     score.to(device).eval()
-    return Model(score, system, meta, state.get("noise_spectra"), cfg, physics_net)
+    return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net)
 
 
 def read_split(path: Path, model: Model, limit: int | None = None) -> Trajectories:
@@ -98,6 +102,16 @@ def _batches(x: Tensor, condition: Tensor | None, size: int
     return list(zip(x.split(size), cond, strict=True))
 
 
+def _end_only(keep: Sequence[int] | None, stop: int) -> bool:
+    """Whether only the end state t_stop is wanted: then the sampler need not keep its path."""
+    return keep is None or list(keep) == [stop]
+
+
+def _as_kept(x: Tensor, keep: Sequence[int] | None) -> Tensor:
+    """The end state (B, *) as `_keep` would return it: (B, 1, *) when keep was given."""
+    return x if keep is None else x[:, None]
+
+
 def _keep(path: Tensor, keep: Sequence[int] | None, stop: int = 0) -> Tensor:
     """A path t_K .. t_stop (reverse order) -> the states at forward time indices `keep`,
     (B, len(keep), *), or the whole path in forward order (B, K + 1 − stop, *) if keep is None."""
@@ -108,7 +122,7 @@ def _keep(path: Tensor, keep: Sequence[int] | None, stop: int = 0) -> Tensor:
 @torch.no_grad()
 def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generator,
                      noise: str = "calibrated", corrector_snr: float = 0.0,
-                     batch_size: int = 512, progress: bool = True,
+                     batch_size: int = 512, progress: bool = False,
                      return_paths: bool = False, condition: Tensor | None = None,
                      keep: Sequence[int] | None = None, stop: int = 0
                      ) -> Tensor | tuple[Tensor, Tensor]:
@@ -118,7 +132,7 @@ def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generat
     (the SDE's own g √dt z). With return_paths, also the whole reverse paths in forward time
     order, (B, n, K + 1, *state); with `keep` (forward time indices), instead of x_0 the states
     at those indices, (B, n, len(keep), *state). `condition` (B, *) goes with the observations
-    (the smoke obstacles). `stop` > 0 ends the reverse path at t_stop instead of t_0 (then keep
+    (e.g. obstacle geometry). `stop` > 0 ends the reverse path at t_stop instead of t_0 (then keep
     every index of `keep` >= stop).
     """
     device = x_T.device
@@ -137,10 +151,10 @@ def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generat
         score = model.system.score_fn(model.score, cb)
         corrector = langevin_corrector(score, corrector_snr) if corrector_snr > 0 else None
         noise_fn = model.system.noise(calibration, cb)
-        paths = return_paths or keep is not None
+        paths = return_paths or not _end_only(keep, stop)
         path = euler_maruyama(model.drift(c=1.0, condition=cb), xb, ts, model.meta.g,
                               generator, noise_fn, corrector, return_path=paths)
-        out.append(_keep(path, keep, stop) if paths else path)
+        out.append(_keep(path, keep, stop) if paths else _as_kept(path, keep))
     out_ = torch.cat(out)
     out_ = out_.reshape(x_T.shape[0], n, *out_.shape[1:])
     if return_paths and keep is None:
@@ -164,18 +178,18 @@ def reconstruct(model: Model, x_T: Tensor, kind: str, method: str = "euler",
     ts = model.times(x_T.device, stop)
     out = []
     for xb, cb in _batches(x_T, condition, batch_size):
-        paths = keep is not None
+        paths = not _end_only(keep, stop)
         if kind == "ode":
             path = probability_flow(model.drift(c=0.5, condition=cb), xb, ts, method,
                                     return_path=paths)
         elif kind in ("mean", "naive"):
-            score = (lambda x, t: torch.zeros_like(x)) if kind == "naive" else None
+            score = zero_drift if kind == "naive" else None
             path = euler_maruyama(model.drift(c=1.0, score=score, condition=cb), xb, ts,
                                   model.meta.g, noise=lambda x, i, gen: torch.zeros_like(x),
                                   return_path=paths)
         else:
             raise ValueError(f"unknown reconstruction '{kind}'")
-        out.append(_keep(path, keep, stop) if paths else path)
+        out.append(_keep(path, keep, stop) if paths else _as_kept(path, keep))
     return torch.cat(out)
 
 
@@ -183,12 +197,3 @@ def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
-
-
-def evaluate(system: System, x_0: Tensor, x_T: Tensor, samples: Tensor | None = None,
-             point: Tensor | None = None, exact: Any = None,
-             paths: Tensor | None = None) -> dict[str, Any]:
-    """The system's metrics of posterior samples (B, n, *state) and/or a point estimate
-    (B, *state) against the truth x_0 (B, *state) observed as x_T (see each system's
-    `evaluate`)."""
-    return system.evaluate(x_0, x_T, samples=samples, point=point, exact=exact, paths=paths)

@@ -1,5 +1,4 @@
-"""Figures of smoke reconstructions: panels with the obstacles drawn, and a reverse-trajectory GIF
-(script layer; matplotlib stays here)."""
+"""Figures of smoke reconstructions: panels with the obstacles drawn, and a reverse-trajectory GIF."""
 
 from __future__ import annotations
 
@@ -9,13 +8,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
 from matplotlib import animation, patches
 from torch import Tensor
 
-from plots import _save
+from physdiff.io import atomic_path
+from physdiff.plots import save_figure
+from physdiff.systems.base import InferenceResult
 from simulators.smoke import DOMAIN
 
-__all__ = ["smoke_animation", "smoke_panels"]
+__all__ = ["inference_figures", "smoke_animation", "smoke_panels"]
 
 
 def _obstacles(ax: plt.Axes, geometry: Tensor) -> None:
@@ -57,7 +59,7 @@ def smoke_panels(path: Path, columns: dict[str, Tensor], geometry: Tensor,
             if r == 0:
                 axes[r, c].set_title(name, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def smoke_animation(path: Path, reverse: Tensor, truth: Tensor, geometry: Tensor,
@@ -78,8 +80,37 @@ def smoke_animation(path: Path, reverse: Tensor, truth: Tensor, geometry: Tensor
         return [*ims, label]
 
     anim = animation.FuncAnimation(fig, frame, frames=reverse.shape[0], blit=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    anim.save(tmp, writer=animation.PillowWriter(fps=8))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        anim.save(tmp, writer=animation.PillowWriter(fps=8))
     plt.close(fig)
+
+
+def inference_figures(out: Path, result: InferenceResult) -> list[str]:
+    """posterior.png (panels at t = 0.35 and 0, obstacles drawn) and reverse.gif (one reverse SDE
+    trajectory of the first observation next to its true smoke path, when known)."""
+    from physdiff.model import sample_posterior
+
+    model, x_T, condition = result.model, result.x_T, result.condition
+    k = min(4, x_T.shape[0])
+    mid, t_mid = "mid", model.system.report_times()["mid"] * model.meta.dt
+    s_mid, s_0 = result.samples[mid][:k, :, 0].cpu(), result.samples["0"][:k, :, 0].cpu()
+    cols = {f"observed t={model.meta.t_final:.2f}": x_T[:k, 0].cpu()}
+    if result.truth is not None:
+        cols[f"truth t={t_mid:.2f}"] = result.truth[mid][:k, 0].cpu()
+    cols |= {f"SDE mean t={t_mid:.2f}": s_mid.mean(1), f"SDE std t={t_mid:.2f}": s_mid.std(1),
+             f"SDE sample t={t_mid:.2f}": s_mid[:, 0],
+             f"PF-ODE t={t_mid:.2f}": result.ode[mid][:k, 0].cpu()}
+    if result.truth is not None:
+        cols["truth t=0"] = result.truth["0"][:k, 0].cpu()
+    cols["SDE mean t=0"] = s_0.mean(1)
+    smoke_panels(out / "posterior.png", cols, condition[:k].cpu(), std=f"SDE std t={t_mid:.2f}")
+    # one reverse trajectory of the first observation (reverse time order), every second frame
+    gen = torch.Generator(x_T.device).manual_seed(result.seed)
+    _, paths = sample_posterior(model, x_T[:1], 1, gen, result.noise, return_paths=True,
+                                condition=condition[:1])
+    frames = paths[0, 0, :, 0].flip(0)[::2].cpu()
+    reference = (result.trajectories[0, :, 0].flip(0)[::2] if result.trajectories is not None
+                 else frames)
+    times = model.times(torch.device("cpu"))[::2].tolist()
+    smoke_animation(out / "reverse.gif", frames, reference, condition[0].cpu(), times)
+    return ["posterior.png", "reverse.gif"]

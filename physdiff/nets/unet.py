@@ -6,25 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physdiff.networks import TimeEmbedding
+from physdiff.nets.blocks import FiLMBlock, TimeEmbedding
 from physdiff.sde import expand_like
 
 __all__ = ["GridScoreNet"]
-
-
-class _Block(nn.Module):
-    """Residual block: two zero-padded 3×3 convolutions, FiLM from the time embedding."""
-
-    def __init__(self, width: int, emb: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        self.film = nn.Linear(emb, 2 * width)
-
-    def forward(self, h: Tensor, e: Tensor) -> Tensor:
-        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
-        y = self.conv1(F.silu(h)) * (1 + scale) + shift
-        return h + self.conv2(F.silu(y))
 
 
 class GridScoreNet(nn.Module):
@@ -32,7 +17,7 @@ class GridScoreNet(nn.Module):
 
     A three-level U-Net (full, ½ and ¼ resolution; zero padding, so walls are walls) whose input
     is the state, the condition channels (e.g. the obstacle mask) and t / T as an extra channel
-    (method.md §3); every block is FiLM-conditioned on an embedding of t. The output is
+    (docs/method.md §3); every block is FiLM-conditioned on an embedding of t. The output is
     multiplied by a fixed `out_scale` (use 1 / (g √dt), as in `PeriodicScoreNet`) and, when the
     condition's first channel is a solid mask, by (1 − mask): no score inside obstacles, where
     the state carries no noise.
@@ -53,15 +38,15 @@ class GridScoreNet(nn.Module):
         self.embed = TimeEmbedding(emb, t_max)
         w1, w2 = width, 2 * width
         self.inp = nn.Conv2d(channels + cond_channels + 1, w1, 3, padding=1)
-        self.enc1 = _Block(w1, emb)
+        self.enc1 = FiLMBlock(w1, emb)
         self.down1 = nn.Conv2d(w1, w2, 3, stride=2, padding=1)
-        self.enc2 = _Block(w2, emb)
+        self.enc2 = FiLMBlock(w2, emb)
         self.down2 = nn.Conv2d(w2, w2, 3, stride=2, padding=1)
-        self.mid = nn.ModuleList(_Block(w2, emb) for _ in range(depth))
+        self.mid = nn.ModuleList(FiLMBlock(w2, emb) for _ in range(depth))
         self.up2 = nn.Conv2d(2 * w2, w2, 3, padding=1)
-        self.dec2 = _Block(w2, emb)
+        self.dec2 = FiLMBlock(w2, emb)
         self.up1 = nn.Conv2d(w2 + w1, w1, 3, padding=1)
-        self.dec1 = _Block(w1, emb)
+        self.dec1 = FiLMBlock(w1, emb)
         self.out = nn.Conv2d(w1, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

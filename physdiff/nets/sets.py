@@ -1,4 +1,4 @@
-"""Networks for particle systems: states (B, N, F), N bodies with F features each (method.md §3).
+"""Networks for particle systems: states (B, N, F), N bodies with F features each (docs/method.md §3).
 
 For the 2D N-body toy F = 4 (x, y, vx, vy). Bodies carry no order, so both modules treat the
 state as a set: a permutation of the bodies (with their masses) permutes the output.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physdiff.networks import TimeEmbedding
+from physdiff.nets.blocks import TimeEmbedding
 
 __all__ = ["PairwiseForce", "SetScoreNet"]
 

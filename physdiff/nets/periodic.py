@@ -1,46 +1,14 @@
-"""Score networks: nn.Modules whose output is the score ∇log p_t itself (method.md §3)."""
+"""Score networks: nn.Modules whose output is the score ∇log p_t itself (docs/method.md §3)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
 
+from physdiff.nets.blocks import FiLMBlock, TimeEmbedding
 from physdiff.sde import expand_like
 
-__all__ = ["PeriodicScoreNet", "TimeEmbedding"]
-
-
-class TimeEmbedding(nn.Module):
-    """t ∈ [0, T] -> (B, width): sinusoidal features of t / T followed by a small MLP."""
-
-    def __init__(self, width: int, t_max: float, n_freq: int = 16) -> None:
-        super().__init__()
-        self.t_max = t_max
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq) / 4, persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * n_freq + 1, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, t: Tensor) -> Tensor:
-        tau = (t / self.t_max)[:, None]
-        angles = tau * self.freqs.to(t)
-        return self.mlp(torch.cat([tau, angles.sin(), angles.cos()], dim=1))
-
-
-class _Block(nn.Module):
-    """Residual block: two 3×3 circular convolutions, FiLM from the time embedding."""
-
-    def __init__(self, width: int, emb: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, padding_mode="circular")
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, padding_mode="circular")
-        self.film = nn.Linear(emb, 2 * width)
-        self.act = nn.SiLU()
-
-    def forward(self, h: Tensor, e: Tensor) -> Tensor:
-        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
-        y = self.conv1(self.act(h)) * (1 + scale) + shift
-        return h + self.conv2(self.act(y))
+__all__ = ["PeriodicScoreNet"]
 
 
 class PeriodicScoreNet(nn.Module):
@@ -48,7 +16,7 @@ class PeriodicScoreNet(nn.Module):
 
     Two branches, summed:
     - a residual CNN with circular padding, FiLM-conditioned on t, with t / T also fed as an
-      extra input channel (method.md §3) for the non-linear part;
+      extra input channel (docs/method.md §3) for the non-linear part;
     - a spectral branch, a per-Fourier-mode complex multiplier produced from t (one Fourier layer,
       Li et al. 2021, arXiv:2010.08895). The score of a stationary Gaussian field is exactly such
       a multiplier, so linear-Gaussian physics is representable without a huge receptive field.
@@ -68,7 +36,7 @@ class PeriodicScoreNet(nn.Module):
         self.embed = TimeEmbedding(emb, t_max)
         self.t_max = t_max
         self.inp = nn.Conv2d(channels + 1, width, 3, padding=1, padding_mode="circular")
-        self.blocks = nn.ModuleList(_Block(width, emb) for _ in range(depth))
+        self.blocks = nn.ModuleList(FiLMBlock(width, emb, "circular") for _ in range(depth))
         self.out = nn.Conv2d(width, channels, 3, padding=1, padding_mode="circular")
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

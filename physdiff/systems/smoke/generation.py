@@ -1,4 +1,4 @@
-"""Smoke dataset generation (script layer, used by generate.py): parts, shards, resume, join.
+"""Smoke dataset generation (SmokeSystem.generate): parts, shards, resume, join.
 
 A split of M simulations is cut into parts of `PART` consecutive simulations, each written to
 `<out>/parts/<split>-<start>-<stop>.h5` (a complete physdiff trajectory file, atomically). Every
@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cli import UsageError
+from physdiff.cli.common import UsageError
 from physdiff.data import DataError, Metadata, read, up_to_date, write
+from physdiff.systems.generation import SPLITS
 from simulators import smoke
 
 __all__ = ["PART", "generate_smoke", "parse_range", "parse_shard"]
 
 PART = 11  # simulations per part: one projection chunk at 64² (smoke.max_chunk)
-SPLITS = ("train", "valid", "test")
 
 
 def parse_range(text: str, flag: str) -> tuple[int, int]:
@@ -78,7 +78,7 @@ def _parts(counts: dict[str, int]) -> list[tuple[int, str, int, int]]:
             for i, split in enumerate(SPLITS) for start in range(0, counts[split], PART)]
 
 
-def generate_smoke(args: argparse.Namespace, version: str) -> None:
+def generate_smoke(args: argparse.Namespace, system_id: str, version: str) -> None:
     boxes, spheres = parse_range(args.boxes, "--boxes"), parse_range(args.spheres, "--spheres")
     if args.resolution < 8:
         raise UsageError(f"--resolution {args.resolution}: expected at least 8 cells")
@@ -90,7 +90,7 @@ def generate_smoke(args: argparse.Namespace, version: str) -> None:
               "boundary": "walls left/right/bottom, open top", "units": "raw",
               "noise": "g sqrt(dt) z on smoke, vx, vy outside obstacles"}
     counts = dict(zip(SPLITS, (args.n_train, args.n_valid, args.n_test), strict=True))
-    metas = {split: Metadata(simulator="smoke", dt=dt, g=args.g, n_steps=args.steps,
+    metas = {split: Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
                              seed=args.seed, split=split, norm_mean=0.0, norm_std=1.0,
                              version=version, params=params) for split in SPLITS}
     state = (3, args.resolution, args.resolution)
@@ -151,7 +151,7 @@ def _join(final: Path, parts: list[tuple[int, str, int, int]], meta: Metadata, p
     chunks = []
     for path, (_, _, start, stop) in zip(paths, parts, strict=True):
         try:
-            part = read(path, simulator="smoke")
+            part = read(path, simulator=meta.simulator)
         except DataError as err:
             raise UsageError(f"{err} [a corrupt shard part: delete it and generate again]"
                              ) from None

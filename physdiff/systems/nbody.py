@@ -1,4 +1,5 @@
-"""How the N-body toy plugs into physdiff (script layer): drifts, networks, noise and metrics.
+"""The gravitational N-body toy (simulators/nbody.py) as a physdiff System: drifts, networks,
+noise, metrics, dataset generation and figures.
 
 State (B, N, 4): x, y, vx, vy per body, raw units (G = 1). The SDE's noise acts on velocities
 only, so the score has no position components (the reverse drift is P − G Gᵀ ∇log p with
@@ -12,22 +13,27 @@ drift moves the positions. Physics drifts (`--physics`):
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from physdiff import calibration, metrics
-from physdiff.data import Metadata
+from physdiff import calibration, metrics, plots
+from physdiff.cli.common import UsageError, non_negative, positive
+from physdiff.data import Metadata, up_to_date, write
+from physdiff.nets import PairwiseForce, SetScoreNet
 from physdiff.noise import diagonal_noise, residual_power
 from physdiff.samplers import Noise
 from physdiff.sde import Drift, from_inverse_step
-from physdiff.set_networks import PairwiseForce, SetScoreNet
+from physdiff.systems.base import InferenceResult, System
+from physdiff.systems.generation import SPLITS, simulate_in_chunks, split_generator
 from simulators import nbody
-from system_base import Unconditioned
 
 __all__ = ["NBodySystem"]
 
@@ -35,12 +41,21 @@ PHYSICS = ("true", "learned", "none")
 
 
 @dataclass(frozen=True)
-class NBodySystem(Unconditioned):
+class NBodySystem(System):
     """2D gravitational N-body toy (simulators/nbody.py); states (B, N, 4)."""
 
-    meta: Metadata
-    state_shape: tuple[int, ...]  # (N, 4)
-    name = "nbody"
+    name: ClassVar[str] = "nbody"
+    physics_kinds: ClassVar[tuple[str, ...]] = PHYSICS
+    # 19 samples: the 50 % and 90 % rank intervals of SBC are then exact; paths are small
+    default_samples: ClassVar[int] = 19
+    keep_paths: ClassVar[bool] = True
+    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # a 2-layer set transformer of width 64 (pass --physics learned / none for the
+        # joint-physics and network-only models)
+        "nbody": {"stages": "1:3000,4:600", "batch_size": 64, "lr": 1e-3, "width": 64,
+                  "depth": 2},
+    }
 
     @property
     def masses(self) -> Tensor:
@@ -77,9 +92,7 @@ class NBodySystem(Unconditioned):
             if physics_net is None:
                 raise ValueError("--physics learned: no physics network given")
             return from_inverse_step(lambda x: nbody.leapfrog(x, -dt, physics_net, sub), dt)
-        if kind == "none":
-            return lambda x, t: torch.zeros_like(x)
-        raise ValueError(f"--physics {kind}: expected one of {', '.join(PHYSICS)}")
+        return super().physics_drift(kind, physics_net, condition)
 
     def forward_step(self, physics_net: nn.Module) -> Any:
         """The learned forward step S_φ (for the anchoring loss)."""
@@ -127,12 +140,9 @@ class NBodySystem(Unconditioned):
 
         return white
 
-    def exact_posterior(self, x_T: Tensor) -> None:
-        return
-
-    def evaluate(self, x_0: Tensor, x_T: Tensor, samples: Tensor | None = None,
-                 point: Tensor | None = None, exact: Any = None,
-                 paths: Tensor | None = None) -> dict[str, Any]:
+    def evaluate(self, truth: Tensor, x_T: Tensor, *, samples: Tensor | None = None,
+                 point: Tensor | None = None, condition: None = None, exact: Any = None,
+                 paths: Tensor | None = None, index: int = 0) -> dict[str, Any]:
         """Metrics of posterior samples (B, n, N, 4) and/or a point estimate (B, N, 4) against
         the truth x_0 (B, N, 4), observed as x_T. Position MSE is the headline (issue 4); SBC and
         coverage treat every coordinate (positions and velocities of every body) as a parameter.
@@ -140,7 +150,8 @@ class NBodySystem(Unconditioned):
         case are correlated, so it is conservative: too small); `sbc_p_per_coord_bonferroni`
         tests each coordinate over the independent cases and corrects for their number.
         `paths` (B, K + 1, N, 4), reverse paths in forward time order, adds energy and momentum
-        changes along them."""
+        changes along them. Reconstructions of x_0 only (index 0)."""
+        x_0 = truth
         out: dict[str, Any] = {}
         m = self.masses.to(x_0)
         if point is not None:
@@ -175,6 +186,96 @@ class NBodySystem(Unconditioned):
             out["energy_change"] = (energy - energy[:, -1:]).abs().mean().item()
             out["momentum_change"] = (mom - mom[:, -1:]).norm(dim=-1).mean().item()
         return out
+
+    def evaluate_reference(self, truth: Tensor, x_T: Tensor, trajectories: Tensor
+                           ) -> dict[str, Any]:
+        """The data's own trajectories as the reference for energy / momentum changes."""
+        return self.evaluate(truth, x_T, point=truth, paths=trajectories)
+
+    # ----------------------------------------------------------------- data generation
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--bodies", type=positive(int), default=5)
+        group.add_argument("--masses", default="equal",
+                           help="'equal' (1/N each) or a comma list of N positive masses")
+        group.add_argument("--softening", type=positive(float), default=0.1,
+                           help="Plummer softening")
+        group.add_argument("--substeps", type=positive(int), default=10,
+                           help="leapfrog substeps per step")
+        group.add_argument("--radius", type=positive(float), default=1.0,
+                           help="prior disk radius")
+        group.add_argument("--velocity-scale", type=non_negative(float), default=0.3,
+                           help="prior velocity std per component")
+
+    @classmethod
+    def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
+        """Positions uniform in a disk, Gaussian velocities, centre of mass at rest at the
+        origin; leapfrog with `substeps` substeps per step and velocity kicks g √dt z; raw
+        units (normalisation 0 / 1)."""
+        masses = parse_masses(args.masses, args.bodies)
+        dt = args.t_final / args.steps
+        m = torch.tensor(masses, dtype=torch.float64)
+        params = {"bodies": args.bodies, "masses": masses, "softening": args.softening,
+                  "substeps": args.substeps, "radius": args.radius,
+                  "velocity_scale": args.velocity_scale, "t_final": args.t_final, "G": 1.0,
+                  "integrator": "leapfrog (kick-drift-kick)",
+                  "noise": "velocity kicks g sqrt(dt) z"}
+        counts = dict(zip(SPLITS, (args.n_train, args.n_valid, args.n_test), strict=True))
+        for i, split in enumerate(SPLITS):
+            path = args.out / f"{split}.h5"
+            meta = Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
+                            seed=args.seed, split=split, norm_mean=0.0, norm_std=1.0,
+                            version=version, params=params)
+            if up_to_date(path, meta, (counts[split], args.steps + 1, args.bodies, 4)):
+                print(f"{path}: up to date, kept")
+                continue
+            x0 = nbody.sample_prior(counts[split], args.bodies, m, split_generator(args.seed, i),
+                                    radius=args.radius, velocity_scale=args.velocity_scale)
+            rollout = partial(nbody.rollout, masses=m, n_steps=args.steps, dt=dt, g=args.g,
+                              softening=args.softening, substeps=args.substeps)
+            try:
+                x = simulate_in_chunks(rollout, x0, split_generator(args.seed, 100 + i), split)
+            except ValueError:
+                raise UsageError("non-finite states: the integration blew up (reduce --t-final, "
+                                 "or raise --substeps or --softening)") from None
+            write(path, x.float(), meta)
+            print(f"{path}: {counts[split]} trajectories, {args.steps} steps of dt={dt:g}, "
+                  f"{args.bodies} bodies")
+
+    # ----------------------------------------------------------------- figures
+    def figures(self, out: Path, result: InferenceResult) -> list[str]:
+        """posterior.png (observed bodies, true x_0, posterior clouds, reverse paths) and, when
+        the truth is known, sbc_ranks.png (rank histogram over every coordinate)."""
+        x_T, samples = result.x_T.cpu(), result.samples["0"].cpu()
+        truth = None if result.truth is None else result.truth["0"].cpu()
+        paths = result.paths.cpu() if result.paths is not None else None
+        k = min(4, x_T.shape[0])
+        plots.nbody_posterior(out / "posterior.png", x_T[:k], samples[:k],
+                              None if truth is None else truth[:k],
+                              None if paths is None else paths[:k])
+        if truth is None:
+            return ["posterior.png"]
+        n = samples.shape[1]
+        ranks = calibration.sbc_ranks(samples.flatten(2).double(), truth.flatten(1).double(),
+                                      torch.Generator().manual_seed(0))
+        n_bins = n + 1 if n < 40 else max(d for d in range(1, 41) if (n + 1) % d == 0)
+        plots.rank_histogram(out / "sbc_ranks.png", calibration.rank_histogram(ranks, n, n_bins),
+                             n, f"SBC: {ranks.shape[0]} cases x {ranks.shape[1]} coordinates")
+        return ["posterior.png", "sbc_ranks.png"]
+
+
+def parse_masses(text: str, n_bodies: int) -> list[float]:
+    """'equal' -> 1/N each, or a comma list of N positive finite masses."""
+    if text == "equal":
+        return [1.0 / n_bodies] * n_bodies
+    try:
+        masses = [float(m) for m in text.split(",")]
+    except ValueError:
+        masses = []
+    if len(masses) != n_bodies or not all(m > 0 and math.isfinite(m) for m in masses):
+        raise UsageError(f"--masses {text!r}: expected 'equal' or {n_bodies} positive numbers "
+                         "(one per body, --bodies)")
+    return masses
 
 
 def _dist(x: Tensor, y: Tensor) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,8 +14,7 @@ import h5py
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "read_observed_h5", "run",
-           "write_h5_atomic", "write_text_atomic"]
+__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "read_observed_h5", "run"]
 
 
 class UsageError(ValueError):
@@ -90,34 +88,11 @@ def non_negative(kind: type = float) -> Callable[[str], int | float]:
     return parse
 
 
-def is_hdf5(path: Path) -> bool:
-    return path.suffix in (".h5", ".hdf5") or h5py.is_hdf5(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `<path>.tmp`, then rename: an interrupted write never leaves a truncated
-    file under `path`, and an earlier complete one survives."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_h5_atomic(path: Path, arrays: dict, attrs: dict) -> None:
-    """Write tensors (name -> tensor) and attributes to an HDF5 file via `<path>.tmp` + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for name, value in arrays.items():
-            f.create_dataset(name, data=value.detach().cpu().numpy())
-        f.attrs.update(attrs)
-    os.replace(tmp, path)
-
-
-def read_observed_h5(path: Path, extras: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+def read_observed_h5(path: Path, extras: Sequence[str] = (), all_extras: bool = False
+                     ) -> tuple[Any, dict[str, Any]]:
     """The observed states of an --observed .h5 file (dataset 'x_T', or 'x') as a numpy array,
-    and those datasets named in `extras` that the file has."""
+    and those datasets named in `extras` that the file has (with all_extras: every other
+    dataset)."""
     if not path.exists():
         raise UsageError(f"--observed {path}: no such file")
     try:
@@ -125,6 +100,8 @@ def read_observed_h5(path: Path, extras: Sequence[str] = ()) -> tuple[Any, dict[
             name = next((k for k in ("x_T", "x") if k in f), None)
             if name is None:
                 raise UsageError(f"--observed {path}: expected a dataset 'x_T' or 'x'")
-            return f[name][()], {k: f[k][()] for k in extras if k in f}
+            wanted = [k for k in f if k != name and isinstance(f[k], h5py.Dataset)
+                      and (all_extras or k in extras)]
+            return f[name][()], {k: f[k][()] for k in wanted}
     except OSError as err:
         raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None

@@ -1,8 +1,9 @@
-"""Figures of posterior samples: 2D fields, N-body point clouds, SBC rank histograms (script
-layer; matplotlib stays here)."""
+"""Figures of posterior samples: 2D fields, N-body point clouds, SBC rank histograms (matplotlib
+stays in the plotting modules)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -12,16 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
 
+from physdiff.io import atomic_path
 from physdiff.metrics import radial_amplitude
 
-__all__ = ["nbody_posterior", "posterior_panels", "power_spectra", "rank_histogram"]
+__all__ = ["nbody_posterior", "posterior_panels", "power_spectra", "rank_histogram",
+           "save_figure", "to_fields"]
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Save a figure atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -60,7 +62,7 @@ def posterior_panels(path: Path, observed: Tensor, samples: Tensor, truth: Tenso
             if i == 0:
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def power_spectra(path: Path, curves: dict[str, Tensor], n_bins: int | None = None) -> None:
@@ -77,7 +79,7 @@ def power_spectra(path: Path, curves: dict[str, Tensor], n_bins: int | None = No
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def to_fields(x: Tensor) -> Tensor:
@@ -116,7 +118,7 @@ def nbody_posterior(path: Path, observed: Tensor, samples: Tensor, truth: Tensor
         if i == 0:
             ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def rank_histogram(path: Path, counts: Tensor, n_samples: int, title: str = "") -> None:
@@ -137,4 +139,26 @@ def rank_histogram(path: Path, counts: Tensor, n_samples: int, title: str = "") 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def loss_curve(path: Path, rows: list[dict]) -> None:
+    """Training loss (every logged update) and one-step validation loss against the update, with
+    a dashed line where the rollout length changes (a jump there is the new loss, not
+    divergence). rows: log.jsonl entries with step, loss, rollout and optionally val_loss."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label="train")
+    val = [r for r in rows if "val_loss" in r]
+    ax.semilogy([r["step"] for r in val], [r["val_loss"] for r in val], "o-",
+                label="valid (one-step)")
+    for before, after in itertools.pairwise(rows):
+        if after["rollout"] != before["rollout"]:
+            ax.axvline(after["step"], color="0.5", ls="--", lw=0.8)
+            ax.text(after["step"], 1, f" S={after['rollout']}", transform=ax.get_xaxis_transform(),
+                    va="top", fontsize=7, color="0.3")
+    ax.set_xlabel("update")
+    ax.set_ylabel("loss / (g² dt)")
+    ax.set_title("training loss (dashed: rollout length S changes)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,85 @@
+"""generate.py: write a trajectory dataset (train / valid / test HDF5 splits) of any system.
+
+Examples (the README lists every system's recipes and flags):
+    python generate.py --recipe datasets/RECIPE.json --out DIR
+    python generate.py SYSTEM --n-train 100 --n-valid 20 --n-test 20 --out DIR
+    python generate.py my_package.module:MySystem --out DIR      # any System class
+    python generate.py SYSTEM --help                             # that system's own flags
+
+The first argument names the system (default: physdiff.systems.DEFAULT): a built-in name, an
+installed plug-in's name (entry point group `physdiff.systems`) or package.module:Class. Splits that already exist with the same parameters are kept (an interrupted
+run resumes); each file is written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from physdiff import systems
+from physdiff.cli.common import UsageError, apply_recipe, non_negative, positive, run
+from physdiff.runtime import code_version
+from physdiff.systems import SystemLoadError
+
+__all__ = ["main", "parser"]
+
+
+def _system_name(argv: Sequence[str]) -> str:
+    """The system named by the first argument (when it is not a flag), else by --recipe's
+    'simulator' key, else the default system (read before the full parser exists: the system
+    adds its own flags)."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.recipe is not None:
+        try:
+            return str(json.loads(known.recipe.read_text()).get("simulator", systems.DEFAULT))
+        except (OSError, ValueError, AttributeError):
+            return systems.DEFAULT  # apply_recipe reports the unreadable recipe
+    return systems.DEFAULT
+
+
+def parser(system: type[systems.System]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("simulator", nargs="?", default=system.name, metavar="SYSTEM",
+                   help=f"system: a name or package.module:Class (default {systems.DEFAULT})")
+    p.add_argument("--recipe", type=Path, help="JSON file of defaults (datasets/*.json)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for <split>.h5")
+    p.add_argument("--n-train", type=positive(int), default=2500)
+    p.add_argument("--n-valid", type=positive(int), default=500)
+    p.add_argument("--n-test", type=positive(int), default=500)
+    d = system.generate_defaults
+    p.add_argument("--t-final", type=positive(float), help=f"end time T ({d['t_final']:g})")
+    p.add_argument("--steps", type=positive(int), help=f"time steps K, dt = T / K ({d['steps']:g})")
+    p.add_argument("--g", type=non_negative(float), help=f"noise scale ({d['g']:g})")
+    p.add_argument("--seed", type=int, default=0)
+    system.add_arguments(p.add_argument_group(system.name or "system"))
+    return p
+
+
+def generate(args: argparse.Namespace) -> None:
+    system = systems.get(args.simulator)
+    for key, value in system.generate_defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.n_train < 2:
+        raise UsageError("--n-train: need at least 2 trajectories to normalise")
+    system.generate(args, args.simulator, code_version())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        system = systems.get(_system_name(argv))
+    except SystemLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    p = parser(system)
+    apply_recipe(p, argv)
+    run(generate, p, argv)

@@ -1,0 +1,381 @@
+"""train.py: train a score network s_θ(x, t) through the physics drift, with a rollout curriculum.
+
+The curriculum is a list of stages ROLLOUT:STEPS; rollout 1 is the one-step loss, longer rollouts
+are the multi-step loss integrated with torchdiffeq through the physics (docs/method.md §3). The last
+stage runs at --final-lr-factor × --lr (fine-tuning).
+
+Examples:
+    python train.py --data runs/demo/data --out runs/demo --preset demo
+    python train.py --data DATA --out RUN --preset PRESET --resume
+    python train.py --data DATA --out RUN --stages 1:20000      # the one-step loss only
+
+The physics drift (--physics): 'true' runs the dataset's simulator; 'learned' trains a physics
+network P_φ jointly with the score, anchored by the forward one-step loss (where the system
+offers one); 'none' drops the physics so that the network alone learns the reverse step
+(baseline).
+
+Outputs in --out: checkpoint.pt (score and physics weights, optimiser, step, RNG state, config,
+normalisation, noise calibration), config.json, log.jsonl (one JSON line per logged step),
+loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from physdiff import plots, systems
+from physdiff.cli.common import UsageError, positive, run
+from physdiff.data import Metadata, Trajectories, read
+from physdiff.io import write_text_atomic
+from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
+from physdiff.runtime import code_version, pick_device
+from physdiff.sde import Drift, reverse_drift
+from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
+
+# presets every system has; a system adds its own (System.presets)
+GENERIC_PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests
+    "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},
+}
+
+
+def presets(system: type[systems.System] | systems.System) -> dict[str, dict[str, Any]]:
+    """The --preset names a system's data accept: the generic ones and the system's own."""
+    return {**GENERIC_PRESETS, **system.presets}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    stages: str = "1:3000,4:500,8:500"
+    batch_size: int = 32
+    lr: float = 1e-3
+    final_lr_factor: float = 0.5
+    clip: float = 10.0
+    width: int = 32
+    depth: int = 4
+    spectral: bool = True
+    method: str = "euler"
+    augment: bool = True
+    val_every: int = 250
+    seed: int = 0
+    calibration_trajectories: int = 512
+    physics: str = "true"
+    physics_width: int = 64
+    anchor_weight: float = 1.0
+    val_trajectories: int = 64
+    val_chunk: int = 64
+    system: str | None = None  # overrides the system the data record (name or module:Class)
+
+
+def parse_stages(text: str, final_lr_factor: float) -> list[Stage]:
+    """'ROLLOUT:STEPS[:LR_FACTOR],...' -> stages; the last stage without an explicit factor gets
+    `final_lr_factor`, the others 1."""
+    stages = []
+    try:
+        for item in text.split(","):
+            parts = item.split(":")
+            if len(parts) not in (2, 3):
+                raise ValueError
+            factor = float(parts[2]) if len(parts) == 3 else None
+            stages.append((int(parts[0]), int(parts[1]), factor))
+    except ValueError:
+        raise UsageError(f"--stages {text!r}: expected ROLLOUT:STEPS[:LR_FACTOR],...") from None
+    if not stages or any(r < 1 or n < 1 or (f is not None and f <= 0) for r, n, f in stages):
+        raise UsageError(f"--stages {text!r}: rollouts and step counts must be >= 1, learning-"
+                         "rate factors > 0")
+    last = len(stages) - 1
+    return [Stage(r, n, f if f is not None else (final_lr_factor if i == last else 1.0))
+            for i, (r, n, f) in enumerate(stages)]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder with train.h5 and valid.h5")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--preset", help="defaults for the flags below: 'tiny' or one of the data's "
+                   "system (e.g. 'demo'; an unknown name lists them)")
+    p.add_argument("--stages", help="curriculum ROLLOUT:STEPS[:LR_FACTOR],... "
+                   "(default 1:3000,4:500,8:500)")
+    p.add_argument("--batch-size", type=positive(int))
+    p.add_argument("--lr", type=positive(float), help="Adam learning rate")
+    p.add_argument("--final-lr-factor", type=positive(float), default=0.5,
+                   help="learning-rate factor of the last stage, unless it names its own")
+    p.add_argument("--clip", type=positive(float), default=10.0, help="element-wise grad clip")
+    p.add_argument("--width", type=positive(int))
+    p.add_argument("--depth", type=positive(int))
+    p.add_argument("--no-spectral", dest="spectral", action="store_false",
+                   help="drop the network's Fourier-multiplier branch")
+    p.add_argument("--method", default="euler", choices=["euler", "midpoint", "rk4"],
+                   help="torchdiffeq method of multi-step rollouts (euler = discrete steps)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random rotations / flips / translations")
+    p.add_argument("--val-every", type=positive(int), help="validate every N updates (250)")
+    p.add_argument("--save-every", type=positive(int), default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--physics", choices=["true", "learned", "none"],
+                   help="physics drift: the simulator, a network learned jointly, or none "
+                   "(default true)")
+    p.add_argument("--physics-width", type=positive(int), help="learned physics MLP width (64)")
+    p.add_argument("--anchor-weight", type=positive(float),
+                   help="weight of the forward one-step loss of learned physics (1)")
+    p.add_argument("--calibration-trajectories", type=positive(int),
+                   help="training trajectories used to calibrate the reverse-step noise (512)")
+    p.add_argument("--system", help="the System class for these data, if not the one they "
+                   "record: a name or package.module:Class")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--stop-after", type=positive(int),
+                   help="stop (with a checkpoint) after this many updates in this invocation")
+    return p
+
+
+def make_config(args: argparse.Namespace, system: systems.System) -> TrainConfig:
+    known = presets(system)
+    if args.preset is not None and args.preset not in known:
+        raise UsageError(f"--preset {args.preset}: {system.name} data take "
+                         f"{', '.join(sorted(known))}")
+    values = dict(known[args.preset]) if args.preset else {}
+    for f in fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:  # preset keys have no argparse default: given means typed
+            values[f.name] = given
+    values["data"] = str(args.data)
+    return TrainConfig(**values)
+
+
+class Batches:
+    """Random windows from in-memory trajectories, with their condition (or None); every draw
+    uses the given generator."""
+
+    def __init__(self, x: torch.Tensor, meta: Metadata, system: Any, device: torch.device,
+                 augment: bool, condition: torch.Tensor | None = None) -> None:
+        self.x, self.meta, self.system, self.device, self.augment = x, meta, system, device, augment
+        self.condition = condition
+
+    def __call__(self, batch_size: int, rollout: int, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        n, k_plus_1 = self.x.shape[:2]
+        traj = torch.randint(0, n, (batch_size,), generator=generator)
+        end = torch.randint(rollout, k_plus_1, (batch_size,), generator=generator)
+        steps = end[:, None] - rollout + torch.arange(rollout + 1)
+        window = self.x[traj[:, None], steps]
+        if self.augment:
+            window = self.system.augment(window, generator)
+        t_end = end.double() * self.meta.dt
+        cond = None if self.condition is None else self.condition[traj].to(self.device)
+        return window.to(self.device), t_end.to(self.device, window.dtype), cond
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: data, system, networks, optimiser, generator."""
+
+    cfg: TrainConfig
+    stages: list[Stage]
+    data: Trajectories
+    system: systems.System
+    condition: torch.Tensor | None
+    model: torch.nn.Module
+    physics_net: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    device: torch.device
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        nets = [self.model] + ([self.physics_net] if self.physics_net is not None else [])
+        return [p for net in nets for p in net.parameters()]
+
+    def drift_for(self, cond: torch.Tensor | None) -> Drift:
+        """The c = 1 reverse drift, bound to a batch's condition (None for most systems)."""
+        return reverse_drift(
+            self.system.physics_drift(self.cfg.physics, self.physics_net, cond),
+            self.system.score_fn(self.model, cond), self.data.meta.g, c=1.0)
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Read the data, check the curriculum against it, build networks and optimiser."""
+    device = pick_device(args.device)
+    data = read(args.data / "train.h5")
+    system = systems.for_data(data.meta, tuple(data.x.shape[2:]), args.system)
+    cfg = make_config(args, system)
+    stages = parse_stages(cfg.stages, cfg.final_lr_factor)
+    if max(s.rollout for s in stages) > data.meta.n_steps:
+        raise UsageError(f"--stages: rollout {max(s.rollout for s in stages)} exceeds the "
+                         f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
+    if cfg.physics not in system.physics_kinds:
+        raise UsageError(f"--physics {cfg.physics}: {system.name} supports "
+                         f"{', '.join(system.physics_kinds)}")
+    condition = system.condition(data.extras, str(args.data / "train.h5"))
+    torch.manual_seed(cfg.seed)  # network initialisation
+    model = system.score_net(cfg.width, cfg.depth, cfg.spectral, cfg.physics).to(device)
+    physics_net = (system.physics_net(cfg.physics_width).to(device) if cfg.physics == "learned"
+                   else None)
+    run_ = Run(cfg, stages, data, system, condition, model, physics_net, None,  # type: ignore[arg-type]
+               torch.Generator().manual_seed(cfg.seed), device)
+    run_.optimizer = torch.optim.Adam(run_.params, lr=cfg.lr)
+    return run_
+
+
+def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
+    """Load an interrupted run's state; return (updates done, updates skipped, complete)."""
+    state = load_checkpoint(ckpt_path)
+    cfg = run_.cfg
+    old = {**asdict(TrainConfig(data=cfg.data)), **state["config"]}  # keys added later
+    if old != asdict(cfg):
+        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+        raise UsageError(f"{ckpt_path}: was trained with other settings {diff} "
+                         "(old, new); use the same flags or another --out")
+    run_.model.load_state_dict(state["model"])
+    if run_.physics_net is not None:
+        run_.physics_net.load_state_dict(state["physics"])
+    run_.optimizer.load_state_dict(state["optimizer"])
+    run_.generator.set_state(state["generator"])
+    start = state["step"]
+    _log_lines_upto(log_path, start)
+    complete = (state.get("noise_spectra") is not None
+                and start >= sum(s.steps for s in run_.stages))
+    return start, state["skipped"], complete
+
+
+def loss_function(run_: Run) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """(rollout, generator) -> the loss of a fresh batch of windows (docs/method.md §3), plus the
+    forward anchoring loss of a learned physics network."""
+    cfg, meta = run_.cfg, run_.data.meta
+    batches = Batches(run_.data.x, meta, run_.system, run_.device, cfg.augment, run_.condition)
+
+    def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
+        window, t_end, cond = batches(cfg.batch_size, rollout, gen)
+        drift = run_.drift_for(cond)
+        if rollout == 1:
+            loss = one_step_loss(drift, window[:, 0], window[:, 1], t_end, meta.dt, meta.g)
+        else:
+            loss = multi_step_loss(drift, window, t_end, meta.dt, meta.g, cfg.method)
+        if run_.physics_net is not None:  # anchor P_φ on the forward steps of the same windows
+            pairs = window[:, :2] if rollout == 1 else window
+            loss = loss + cfg.anchor_weight * forward_loss(
+                run_.system.forward_step(run_.physics_net), pairs[:, :-1].flatten(0, 1),
+                pairs[:, 1:].flatten(0, 1), meta.dt, meta.g)
+        return loss
+
+    return loss_fn
+
+
+def validation(run_: Run, valid: Trajectories, source: str) -> Callable[[], float]:
+    """() -> the one-step loss over every step of the first validation trajectories."""
+    cfg, meta = run_.cfg, valid.meta
+    val = valid.x[:cfg.val_trajectories].to(run_.device)
+    val_times = meta.times()[1:].to(run_.device, val.dtype)
+    condition = run_.system.condition(valid.extras, source)
+    val_cond = None if condition is None else condition[:cfg.val_trajectories]
+
+    @torch.no_grad()
+    def validate() -> float:
+        run_.model.eval()
+        total, count = 0.0, 0
+        for i in range(0, val.shape[0], cfg.val_chunk):
+            chunk = val[i:i + cfg.val_chunk]
+            k = chunk.shape[1] - 1
+            cond = (None if val_cond is None
+                    else val_cond[i:i + cfg.val_chunk].repeat_interleave(k, 0).to(run_.device))
+            total += one_step_loss(run_.drift_for(cond), chunk[:, :-1].flatten(0, 1),
+                                   chunk[:, 1:].flatten(0, 1), val_times.repeat(chunk.shape[0]),
+                                   meta.dt, meta.g).item() * chunk.shape[0]
+            count += chunk.shape[0]
+        run_.model.train()
+        return total / count
+
+    return validate
+
+
+def save(run_: Run, path: Path, step: int, skipped: int,
+         noise_spectra: torch.Tensor | None = None) -> None:
+    save_checkpoint(path, model=run_.model.state_dict(), optimizer=run_.optimizer.state_dict(),
+                    step=step, skipped=skipped, generator=run_.generator.get_state(),
+                    config=asdict(run_.cfg), meta=asdict(run_.data.meta),
+                    state_shape=list(run_.data.x.shape[2:]), version=code_version(),
+                    noise_spectra=noise_spectra,
+                    physics=(run_.physics_net.state_dict() if run_.physics_net is not None
+                             else None))
+
+
+def calibrate(run_: Run) -> torch.Tensor:
+    """The reverse-step noise calibration on the first training trajectories."""
+    run_.model.eval()
+    n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
+    cond = None if run_.condition is None else run_.condition[:n_cal].to(run_.device)
+    return run_.system.calibrate(run_.drift_for, run_.data.x[:n_cal].to(run_.device), cond)
+
+
+def train(args: argparse.Namespace) -> None:
+    run_ = setup(args)
+    valid_path = args.data / "valid.h5"
+    valid = read(valid_path, simulator=run_.data.meta.simulator)
+    ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
+    start, skipped = 0, 0
+    if ckpt_path.exists():
+        if not args.resume:
+            raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
+        start, skipped, complete = resume(run_, ckpt_path, log_path)
+        if complete:
+            print(f"{ckpt_path}: training already complete ({start} updates)")
+            return
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "config.json", json.dumps(asdict(run_.cfg), indent=2) + "\n")
+    validate = validation(run_, valid, str(valid_path))
+    total = sum(s.steps for s in run_.stages)
+    stop_at = min(total, start + args.stop_after) if args.stop_after else total
+    interrupted: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    step, t0 = start, time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None)
+    with log_path.open("a") as log:
+        for metrics in fit(run_.params, loss_function(run_), run_.optimizer, run_.stages,
+                           run_.cfg.lr, run_.generator, start, skipped, run_.cfg.clip):
+            step, skipped = metrics["step"], metrics["skipped"]
+            if step % run_.cfg.val_every == 0 or step == total:
+                metrics["val_loss"] = validate()
+            if step % 10 == 0 or "val_loss" in metrics:
+                metrics["time"] = round(time.perf_counter() - t0, 2)
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", S=metrics["rollout"], skipped=skipped)
+            if step % args.save_every == 0:
+                save(run_, ckpt_path, step, skipped)
+            if step >= stop_at or interrupted:
+                break
+    bar.close()
+    if step < total:
+        save(run_, ckpt_path, step, skipped)
+        print(f"stopped at update {step}/{total}; continue with --resume")
+        return
+    save(run_, ckpt_path, step, skipped, calibrate(run_))
+    print(f"trained {total} updates ({skipped} skipped as non-finite) in "
+          f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
+          f"checkpoint {ckpt_path}")
+    plots.loss_curve(args.out / "loss.png",
+                     [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
+
+
+def _log_lines_upto(log: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint an interrupted run resumes)."""
+    if log.exists():
+        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        write_text_atomic(log, "".join(ln + "\n" for ln in lines))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run(train, parser(), argv)

@@ -1,0 +1,166 @@
+"""The System interface: everything the generic pipelines (generate / train / infer, the library
+API) ask of a physical system. One subclass per system; a new system is new files only.
+
+A System instance is bound to one dataset's metadata and state shape. Methods take an optional
+per-trajectory *condition* (e.g. obstacle geometry (B, n, 5); None for systems that need
+nothing besides the state): the pipelines extract it once with `condition(extras, source)` and
+pass it, batch by batch, to the drift, the score, the noise and the metrics.
+
+What a subclass must provide: `name`, `score_net`, `physics_drift` (at least kind 'true'),
+`calibrate`, `noise`, `evaluate`, and, to make datasets, `add_arguments` and `generate`.
+Everything else has a default that fits a system without condition, exact posterior or figures.
+See docs/method.md §2-§5 for the maths and examples/burgers/ for a complete plug-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from physdiff.data import Metadata
+from physdiff.samplers import Noise
+from physdiff.sde import Drift
+
+__all__ = ["InferenceResult", "System", "zero_drift"]
+
+
+def zero_drift(x: Tensor, t: Tensor) -> Tensor:
+    """The drift of `--physics none`: no physics, the network alone learns the reverse step."""
+    return torch.zeros_like(x)
+
+
+@dataclass
+class InferenceResult:
+    """What infer computed, handed to `System.figures`.
+
+    Per report label (see `System.report_times`): samples (M, n, *state), ode and mean_path
+    (M, *state), truth (M, *state) when known. `trajectories` (M, K + 1, *state) are the data's
+    own trajectories when observations come from a dataset split; `paths` (M, n, K + 1, *state)
+    the reverse SDE paths in forward time order when the system keeps them.
+    """
+
+    model: Any  # physdiff.model.Model
+    x_T: Tensor
+    condition: Tensor | None
+    samples: dict[str, Tensor]
+    ode: dict[str, Tensor]
+    mean_path: dict[str, Tensor]
+    truth: dict[str, Tensor] | None = None
+    trajectories: Tensor | None = None
+    paths: Tensor | None = None
+    exact: Any = None
+    exact_samples: Tensor | None = None
+    noise: str = "calibrated"
+    seed: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class System:
+    """A physical system as physdiff sees it; subclass per system (see the module docstring)."""
+
+    meta: Metadata
+    state_shape: tuple[int, ...]
+
+    name: ClassVar[str] = ""
+    physics_kinds: ClassVar[tuple[str, ...]] = ("true", "none")
+    # infer.py's defaults: posterior samples per observation, samples integrated at once, and
+    # whether the reverse paths are stored (small states only)
+    default_samples: ClassVar[int] = 16
+    default_batch_size: ClassVar[int] = 512
+    keep_paths: ClassVar[bool] = False
+    # train.py --preset NAME: flag defaults tuned for this system (besides the generic 'tiny')
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # generate.py's defaults for the flags every system has: --t-final, --steps, --g
+    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
+
+    # ----------------------------------------------------------------- data generation
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add the system's own generate.py flags (its physics parameters) to `group`."""
+
+    @classmethod
+    def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
+        """Write args.out/{train,valid,test}.h5 (physdiff.data.write) with Metadata whose
+        `simulator` is `system_id`, keeping splits that are already up to date."""
+        raise NotImplementedError(f"system '{cls.name}' cannot generate data")
+
+    # ----------------------------------------------------------------- physics and networks
+    def condition(self, extras: dict[str, Tensor], source: str) -> Tensor | None:
+        """What the drift needs besides the state, from a file's per-trajectory arrays
+        (`source` names the file in errors); None for a system that needs nothing."""
+        return None
+
+    def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
+                      condition: Tensor | None = None) -> Drift:
+        """The physics drift P whose explicit reverse Euler step is the approximate inverse P̃⁻¹
+        (docs/method.md §2); kind 'none' is the zero drift."""
+        if kind == "none":
+            return zero_drift
+        raise ValueError(f"--physics {kind}: {self.name} supports {', '.join(self.physics_kinds)}")
+
+    def physics_net(self, width: int) -> nn.Module:
+        """A network P_φ for `--physics learned`."""
+        raise ValueError(f"--physics learned: not available for {self.name}")
+
+    def forward_step(self, physics_net: nn.Module) -> Callable[[Tensor], Tensor]:
+        """The learned forward step S_φ, for the anchoring loss of `--physics learned`."""
+        raise ValueError(f"--physics learned: not available for {self.name}")
+
+    def score_net(self, width: int, depth: int, spectral: bool = True,
+                  physics: str = "true") -> nn.Module:
+        """A fresh score network s_θ for this state shape."""
+        raise NotImplementedError
+
+    def score_fn(self, net: nn.Module, condition: Tensor | None = None) -> Drift:
+        """The score network as a drift (x, t) -> s, bound to a batch's condition."""
+        return net
+
+    def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A random symmetry of the system applied to windows (B, S + 1, *state); none here."""
+        return x
+
+    def calibrate(self, drift_for: Callable[[Tensor | None], Drift], trajectories: Tensor,
+                  condition: Tensor | None = None) -> Tensor:
+        """The reverse-step noise calibration (docs/method.md §5) from training trajectories
+        (N, K + 1, *state); `drift_for(condition)` is the trained c = 1 reverse drift."""
+        raise NotImplementedError
+
+    def noise(self, calibration: Tensor | None, condition: Tensor | None = None) -> Noise | None:
+        """Reverse-step noise from the calibration, or (calibration None) the textbook g √dt z;
+        None means the sampler's own white noise."""
+        return None
+
+    # ----------------------------------------------------------------- inference and report
+    def report_times(self) -> dict[str, int]:
+        """Reconstructed times: label -> forward time index; the first is the headline."""
+        return {"0": 0}
+
+    def exact_posterior(self, x_T: Tensor) -> Any:
+        """p(x_0 | x_T) in closed form (an object with mean, variance, sample(n, gen)), or None."""
+        return None
+
+    def evaluate(self, truth: Tensor, x_T: Tensor, *, samples: Tensor | None = None,
+                 point: Tensor | None = None, condition: Tensor | None = None,
+                 exact: Any = None, paths: Tensor | None = None, index: int = 0
+                 ) -> dict[str, Any]:
+        """Metrics of posterior samples (B, n, *state) or a point estimate (B, *state) of the
+        state at forward time index `index` against the truth there (B, *state), given the
+        observed x_T (B, *state). `exact`: the exact posterior where one exists; `paths`
+        (B', K + 1, *state): reverse paths in forward time order, for path metrics."""
+        raise NotImplementedError
+
+    def evaluate_reference(self, truth: Tensor, x_T: Tensor, trajectories: Tensor
+                           ) -> dict[str, Any] | None:
+        """Metrics of the data's own trajectories, printed as the reference row, or None."""
+        return None
+
+    def figures(self, out: Path, result: InferenceResult) -> list[str]:
+        """Write figures of an inference result into `out`; return the file names written."""
+        return []
