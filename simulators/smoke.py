@@ -394,7 +394,7 @@ def _step_projected(state: Tensor, geometry: Tensor, inflow: Tensor, dt: float,
     fluid_mask = 1 - obstacle_mask(geometry.to(state.dtype), resolution)  # (B, 1, H, W)
     projections = [_projection(g, resolution, state.dtype) for g in geometry]
     b, native = phimath.batch("b"), "b,y,x"
-    with _phiflow_context(state.dtype):
+    with _phiflow_context(state.dtype), torch.jit.optimized_execution(False):
         fields = _jitted_advect(mac_cormack, state.dtype)(
             phimath.wrap(state.transpose(-1, -2), b, phimath.channel(c="s,vx,vy"),
                          phimath.spatial("x,y")),

@@ -86,7 +86,8 @@ class Projection:
         active: a, 1 in fluid cells, shape (H, W), float64.
         matrix: S, the pinned, sign-flipped masked Laplacian, scipy CSR (H·W)², float64.
         lu: SuperLU factorisation of S.
-        pockets: (cells, labels) of the singular components (module docstring), or None.
+        pockets: (cells, component labels, pinned cells) of the singular components (module
+            docstring), or None.
         spacing: Cell size (DOMAIN / resolution).
     """
 
@@ -97,7 +98,7 @@ class Projection:
     active: Tensor
     matrix: sp.csr_matrix
     lu: Any
-    pockets: tuple[Tensor, Tensor] | None
+    pockets: tuple[Tensor, Tensor, Tensor] | None
     spacing: float
     factor_seconds: float = 0.0
     _device_cache: dict[tuple[torch.device, torch.dtype], Any] = field(default_factory=dict,
@@ -173,10 +174,11 @@ def build(velocity: phifield.Field, obstacles: Sequence[Any]) -> Projection:
                       time.perf_counter() - t0)
 
 
-def _regularise(a: sp.csr_matrix, fluid_cells: np.ndarray) -> tuple[sp.csr_matrix,
-                                                                     tuple[Tensor, Tensor] | None]:
+def _regularise(
+    a: sp.csr_matrix, fluid_cells: np.ndarray
+) -> tuple[sp.csr_matrix, tuple[Tensor, Tensor, Tensor] | None]:
     """S = −A on fluid rows (identity elsewhere), with one cell of each singular component
-    pinned; returns S and the singular components' (cells, labels) (module docstring)."""
+    pinned; returns S and the singular components' (cells, labels, pinned cells)."""
     sign = np.where(fluid_cells, -1.0, 1.0)
     s = sp.diags(sign) @ a
     s = s.tocsr()
@@ -198,7 +200,7 @@ def _regularise(a: sp.csr_matrix, fluid_cells: np.ndarray) -> tuple[sp.csr_matri
     keep[pinned] = 0.0
     s = (sp.diags(keep) @ s @ sp.diags(keep) + sp.diags(1.0 - keep)).tocsr()
     s.eliminate_zeros()
-    return s, (torch.as_tensor(cells), torch.as_tensor(labels))
+    return s, (torch.as_tensor(cells), torch.as_tensor(labels), torch.as_tensor(pinned))
 
 
 _CACHE: OrderedDict[tuple[bytes, int, str], Projection] = OrderedDict()
@@ -319,11 +321,13 @@ def solve(rhs: Tensor, projections: Sequence[Projection], solver: str = "lu") ->
         if pockets is None:
             corrections.append(torch.zeros_like(r[i]))
             continue
-        cells, labels = pockets
+        cells, labels, pinned = pockets
         n = int(labels.max()) + 1
         total = r.new_zeros(n).index_add(0, labels, r[i, cells])
         count = r.new_zeros(n).index_add(0, labels, torch.ones_like(r[i, cells]))
-        corrections.append(r.new_zeros(r.shape[1]).index_put((cells,), (total / count)[labels]))
+        # subtract each pocket's mean; the pinned rows are p = 0, so their right-hand side is 0
+        correction = r.new_zeros(r.shape[1]).index_put((cells,), (total / count)[labels])
+        corrections.append(correction.index_put((pinned,), r[i, pinned]))
     r = r - torch.stack(corrections)
     if solver == "lu":
         x = _LUSolve.apply(r, projections)
@@ -334,9 +338,17 @@ def solve(rhs: Tensor, projections: Sequence[Projection], solver: str = "lu") ->
     return x.reshape(shape)
 
 
-def project(vx: Tensor, vy: Tensor, projections: Sequence[Projection],
-            solver: str = "lu") -> tuple[Tensor, Tensor]:
-    """make_incompressible on staggered faces, then PhiFlow's `at_centers`.
+def divergence(vx: Tensor, vy: Tensor, spacing: float) -> Tensor:
+    """MAC divergence of staggered faces (B, H, W − 1), (B, H, W) with v·n = 0 at the walls:
+    shape (B, H, W)."""
+    fx = torch.nn.functional.pad(vx, (1, 1))  # left and right walls
+    fy = torch.nn.functional.pad(vy, (0, 0, 1, 0))  # bottom wall; the open top's faces are stored
+    return (fx[..., 1:] - fx[..., :-1] + fy[..., 1:, :] - fy[..., :-1, :]) / spacing
+
+
+def project_faces(vx: Tensor, vy: Tensor, projections: Sequence[Projection],
+                  solver: str = "lu") -> tuple[Tensor, Tensor]:
+    """make_incompressible on staggered faces: v' = k ⊙ v, A p = a ⊙ div v', v' − h ⊙ grad p.
 
     Arguments:
         vx: Faces of v_x, shape (B, H, W − 1) (interior vertical faces).
@@ -345,7 +357,7 @@ def project(vx: Tensor, vy: Tensor, projections: Sequence[Projection],
         solver: "lu" or "cg" (`solve`).
 
     Returns:
-        The projected velocity (v_x, v_y) at cell centres, each (B, H, W), not yet masked.
+        The projected faces, same shapes.
     """
     masks = [p.on(vx.device, vx.dtype) for p in projections]
 
@@ -354,16 +366,20 @@ def project(vx: Tensor, vy: Tensor, projections: Sequence[Projection],
 
     h = projections[0].spacing
     vx, vy = vx * stack("keep_x"), vy * stack("keep_y")
-    # walls: v·n = 0 on the left, right and bottom faces (not stored)
-    fx = torch.nn.functional.pad(vx, (1, 1))
-    fy = torch.nn.functional.pad(vy, (0, 0, 1, 0))
-    div = (fx[..., 1:] - fx[..., :-1] + fy[..., 1:, :] - fy[..., :-1, :]) / h
-    p = solve(div * stack("active"), projections, solver)
-    # grad p at the faces; above the open top p = 0
+    p = solve(divergence(vx, vy, h) * stack("active"), projections, solver)
     gx = (p[..., 1:] - p[..., :-1]) / h
-    gy = (torch.nn.functional.pad(p, (0, 0, 0, 1))[..., 1:, :] - p) / h
-    vx = vx - stack("open_x") * gx
-    vy = vy - stack("open_y") * gy
+    gy = (torch.nn.functional.pad(p, (0, 0, 0, 1))[..., 1:, :] - p) / h  # p = 0 above the top
+    return vx - stack("open_x") * gx, vy - stack("open_y") * gy
+
+
+def project(vx: Tensor, vy: Tensor, projections: Sequence[Projection],
+            solver: str = "lu") -> tuple[Tensor, Tensor]:
+    """`project_faces`, then PhiFlow's `at_centers` (the mean of a cell's two faces).
+
+    Returns:
+        The projected velocity (v_x, v_y) at cell centres, each (B, H, W), not yet masked.
+    """
+    vx, vy = project_faces(vx, vy, projections, solver)
     fx = torch.nn.functional.pad(vx, (1, 1))
     fy = torch.nn.functional.pad(vy, (0, 0, 1, 0))
     return (fx[..., 1:] + fx[..., :-1]) / 2, (fy[..., 1:, :] + fy[..., :-1, :]) / 2
