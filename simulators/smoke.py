@@ -361,24 +361,42 @@ def _inflow(state: Tensor, t: float | Tensor, dt: float, inflow_rate: float) -> 
     return torch.where(t < INFLOW_END - 1e-6, inflow_rate * dt, 0.0) if dt > 0 else torch.zeros_like(t)
 
 
-def _projection(geometry: Tensor, resolution: int, dtype: torch.dtype) -> smoke_pressure.Projection:
-    """The cached pressure projection of one geometry (n_max, 5) at float64 (smoke_pressure)."""
+def _phiflow_geometry(geometry: Tensor, resolution: int) -> tuple[phifield.Field, list[Any]]:
+    """A zero staggered velocity and the obstacles (batch dim b) for geometry (B, n_max, 5);
+    call inside `_phiflow_context`."""
+    b, vector, obstacles = phimath.batch("b"), phimath.channel(vector="x,y"), phimath.instance("obstacles")
+    lower, upper, centre, radius = _obstacle_arguments(geometry)
+    r = phimath.spatial(x=resolution, y=resolution)
+    velocity = phifield.StaggeredGrid(0, _WALLS, bounds=geom.Box(x=DOMAIN, y=DOMAIN), resolution=r)
+    return velocity, _obstacle_geometries(
+        phimath.wrap(lower, b, obstacles, vector), phimath.wrap(upper, b, obstacles, vector),
+        phimath.wrap(centre, b, obstacles, vector), phimath.wrap(radius, b, obstacles))
+
+
+def _projections(geometry: Tensor, resolution: int, dtype: torch.dtype) -> list[smoke_pressure.Projection]:
+    """The cached pressure projection of each geometry (B, n_max, 5), keyed by the geometry's
+    bytes in the state's dtype (what the obstacles are built from), resolution and dtype; the
+    masks of all missing geometries come from one batched PhiFlow call, in float64."""
     g = geometry.detach().to("cpu", dtype)
-    key = (g.numpy().tobytes(), resolution, str(dtype))
+    keys = [(row.numpy().tobytes(), resolution, str(dtype)) for row in g]
+    missing = {k: i for i, k in enumerate(keys) if smoke_pressure.lookup(k) is None}
+    if missing:
+        with _phiflow_context(torch.float64):
+            velocity, shapes = _phiflow_geometry(g[list(missing.values())].double(), resolution)
+            keep, hard, active = smoke_pressure.masks(velocity, shapes)
+            spacing = DOMAIN / resolution
+            faces = [c.native("b,y,x") for f in (keep, hard) for c in phimath.unstack(f, "~vector")]
+            active = active.native("b,y,x")
+        for j, key in enumerate(missing):
+            smoke_pressure.store(key, smoke_pressure.build(*(f[j] for f in faces), active[j], spacing))
+    return [smoke_pressure.lookup(k) for k in keys]
 
-    def make() -> smoke_pressure.Projection:
-        vector, obstacles = phimath.channel(vector="x,y"), phimath.instance("obstacles")
-        lower, upper, centre, radius = (t[0].double() for t in _obstacle_arguments(g[None]))
-        with TORCH, phimath.precision(64):
-            r = phimath.spatial(x=resolution, y=resolution)
-            velocity = phifield.StaggeredGrid(0, _WALLS, bounds=geom.Box(x=DOMAIN, y=DOMAIN),
-                                              resolution=r)
-            shapes = _obstacle_geometries(
-                phimath.wrap(lower, obstacles, vector), phimath.wrap(upper, obstacles, vector),
-                phimath.wrap(centre, obstacles, vector), phimath.wrap(radius, obstacles))
-            return smoke_pressure.build(velocity, shapes)
 
-    return smoke_pressure.cached(key, make)
+def _phiflow_matrix(geometry: Tensor, resolution: int) -> Any:
+    """PhiFlow's own masked Laplacian for one geometry (n_max, 5), scipy, float64 (for tests)."""
+    with _phiflow_context(torch.float64):
+        velocity, shapes = _phiflow_geometry(geometry[None].double(), resolution)
+        return smoke_pressure.phiflow_matrix(velocity, [s.b[0] for s in shapes])
 
 
 @functools.cache
@@ -392,7 +410,7 @@ def _step_projected(state: Tensor, geometry: Tensor, inflow: Tensor, dt: float,
     """`step` through `_advect_fields` (jitted PhiFlow) and smoke_pressure.project (torch)."""
     resolution = state.shape[-1]
     fluid_mask = 1 - obstacle_mask(geometry.to(state.dtype), resolution)  # (B, 1, H, W)
-    projections = [_projection(g, resolution, state.dtype) for g in geometry]
+    projections = _projections(geometry, resolution, state.dtype)
     b, native = phimath.batch("b"), "b,y,x"
     with _phiflow_context(state.dtype), torch.jit.optimized_execution(False):
         fields = _jitted_advect(mac_cormack, state.dtype)(

@@ -8,9 +8,11 @@ v_y: (H, W): the walls' faces are not stored, the open top's are) computes
     v'' = v' − h ⊙ grad p               h: faces between two fluid cells (hard_bcs)
 
 with p = 0 above the open top and ∂p/∂n = 0 at the walls. k, a, h and A depend only on the
-obstacles, so `build` takes them from PhiFlow once per geometry (the same calls
-make_incompressible makes: `apply_boundary_conditions`, the accessible mask staggered with
-`minimum`, `masked_laplace.sparse_matrix_and_bias`) and factorises A with SuperLU. `project`
+obstacles, so they are made once per geometry: `masks` makes the calls make_incompressible makes
+(`apply_boundary_conditions`, the accessible mask staggered with `minimum`; batched), `build`
+assembles A from h and a (`laplacian`: 8× faster than tracing PhiFlow's `masked_laplace`, and
+equal to its matrix, `phiflow_matrix`, which the tests check) and factorises it with SuperLU
+(about 27 ms per geometry at 64² in all, 12 ms of it the factorisation). `project`
 then applies the three lines above in torch on a batch whose items may all have different
 obstacles; the solve is a `torch.autograd.Function` whose backward is the transposed solve
 (the adjoint of p = A⁻¹ b is ∂b = A⁻ᵀ ∂p), so gradients w.r.t. the velocity are exact.
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +68,22 @@ from phi.physics import fluid
 from scipy.sparse import csgraph
 from torch import Tensor
 
-__all__ = ["Projection", "build", "cache_clear", "cached", "project", "solve"]
+__all__ = [
+    "Projection",
+    "build",
+    "cache_clear",
+    "divergence",
+    "laplacian",
+    "lookup",
+    "masks",
+    "phiflow_matrix",
+    "project",
+    "project_faces",
+    "solve",
+    "store",
+]
 
-CACHE_SIZE = 512  # factorisations kept (about 1.6 MB each at 64²)
+CACHE_SIZE = 256  # geometries kept: ~2.7 MB each at 64² (LU factors 200k entries, masks)
 _CG_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 _CG_MAX_ITERATIONS = 5000
 
@@ -122,32 +137,45 @@ class Projection:
         return self._device_cache[key]
 
 
-def build(velocity: phifield.Field, obstacles: Sequence[Any]) -> Projection:
-    """Masks and factorised matrix of make_incompressible for one geometry.
+def masks(
+    velocity: phifield.Field, obstacles: Sequence[Any]
+) -> tuple[phimath.Tensor, phimath.Tensor, phimath.Tensor]:
+    """make_incompressible's set-up (phi/physics/fluid.py, PhiFlow 3.4): the face factors k
+    (`apply_boundary_conditions`), the open faces h (hard_bcs: the accessible mask staggered
+    with `minimum`) and the active cells a. May be batched and jit-compiled.
 
     Arguments:
         velocity: A staggered velocity grid with the step's bounds, resolution and boundary
-            (its values are ignored), unbatched, float64.
-        obstacles: The obstacles as passed to make_incompressible, unbatched.
+            (its values are ignored).
+        obstacles: The obstacles as passed to make_incompressible.
 
     Returns:
-        The `Projection`, torch tensors on the CPU.
+        (k, h) staggered values (dual dim ~vector), a centred values.
     """
-    # the same set-up as make_incompressible (phi/physics/fluid.py, PhiFlow 3.4)
+    obstacles = fluid._get_obstacles_for(obstacles, velocity)
+    accessible = phifield.Field(velocity.geometry, ~geom.union([o.geometry for o in obstacles]),
+                                fluid._accessible_extrapolation(velocity.extrapolation))
+    hard_bcs = phifield.stagger(accessible, phimath.minimum, velocity.boundary,
+                                at=velocity.sampled_at, dims=velocity.vector.item_names)
+    keep = fluid.apply_boundary_conditions(velocity.with_values(1.0), obstacles)
+    return keep.values, hard_bcs.values, accessible.values
+
+
+def phiflow_matrix(velocity: phifield.Field, obstacles: Sequence[Any]) -> sp.csr_matrix:
+    """PhiFlow's own masked Laplacian A (`masked_laplace.sparse_matrix_and_bias`) for one
+    unbatched geometry, cells flattened row-major (y, x): the reference for `laplacian`."""
     obstacles = fluid._get_obstacles_for(obstacles, velocity)
     with phimath.NUMPY:
         accessible = phifield.Field(
             velocity.geometry, ~geom.union([o.geometry for o in obstacles]),
             fluid._accessible_extrapolation(velocity.extrapolation))
-        hard_bcs = phifield.stagger(accessible, phimath.minimum, velocity.boundary,
-                                    at=velocity.sampled_at, dims=velocity.vector.item_names)
+        hard = phifield.stagger(accessible, phimath.minimum, velocity.boundary,
+                                at=velocity.sampled_at, dims=velocity.vector.item_names)
     active = accessible.with_extrapolation(phimath.extrapolation.NONE)
-    ones = velocity.with_values(1.0)
-    keep = fluid.apply_boundary_conditions(ones, obstacles)
     pressure = phifield.Field(accessible.geometry, 0,
                               fluid._pressure_extrapolation(velocity.extrapolation))
     a, bias = fluid.masked_laplace.sparse_matrix_and_bias(
-        pressure, velocity.boundary, hard_bcs, active, wide_stencil=False, order=2,
+        pressure, velocity.boundary, hard, active, wide_stencil=False, order=2,
         implicit=None, upwind=None, correct_skew=False)
     if not phimath.close(bias, 0):
         raise ValueError("masked Laplacian with a non-zero bias: the pressure BCs changed")
@@ -156,21 +184,69 @@ def build(velocity: phifield.Field, obstacles: Sequence[Any]) -> Projection:
     n = res_x * res_y
     a_xy = sp.csr_matrix((nat.values().double().numpy(), nat.col_indices().numpy(),
                           nat.crow_indices().numpy()), shape=(n, n))
-    # PhiFlow flattens (x, y); we flatten (y, x), row-major like the torch state
-    perm = np.arange(n).reshape(res_x, res_y).T.ravel()
-    a_yx = a_xy[perm][:, perm].tocsr()
+    perm = np.arange(n).reshape(res_x, res_y).T.ravel()  # PhiFlow flattens (x, y)
+    return a_xy[perm][:, perm].tocsr()
 
-    def faces(f: phifield.Field) -> tuple[Tensor, Tensor]:
-        # staggered values have a dual vector dim (~vector) with one shape per component
-        return tuple(torch.as_tensor(np.asarray(c.numpy("y,x"), np.float64))
-                     for c in phimath.unstack(f.values, "~vector"))
 
-    active_t = torch.as_tensor(np.asarray(active.values.numpy("y,x"), np.float64))
+def laplacian(open_x: np.ndarray, open_y: np.ndarray, active: np.ndarray,
+              spacing: float) -> sp.csr_matrix:
+    """The masked Laplacian A of PhiFlow's `masked_laplace`, assembled directly.
+
+    (A p)_c = Σ_f h_f (p_n(f) − p_c) / Δx² over the faces f of an active cell c, with p = 0
+    beyond the open top and no wall faces (∂p/∂n = 0); (A p)_c = p_c in obstacle cells.
+
+    Arguments:
+        open_x: h on the interior vertical faces, (H, W − 1).
+        open_y: h on the horizontal faces above each cell, (H, W) (row H − 1: the open top).
+        active: a, (H, W).
+        spacing: Δx.
+
+    Returns:
+        A, (H·W)², cells flattened row-major.
+    """
+    hh, ww = active.shape
+    index = np.arange(hh * ww).reshape(hh, ww)
+    w = 1 / spacing**2
+    rows, cols, vals = [], [], []
+    diag = np.zeros((hh, ww))
+    for weight, here, there in [
+        (open_x, index[:, :-1], index[:, 1:]),
+        (open_y[:-1], index[:-1], index[1:]),
+    ]:
+        c = weight.ravel() * w
+        rows += [here.ravel(), there.ravel()]
+        cols += [there.ravel(), here.ravel()]
+        vals += [c, c]
+        np.subtract.at(diag, np.unravel_index(here.ravel(), diag.shape), c)
+        np.subtract.at(diag, np.unravel_index(there.ravel(), diag.shape), c)
+    diag[-1] -= open_y[-1] * w  # p = 0 above the open top
+    fluid_cells = active.ravel() > 0
+    a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(hh * ww, hh * ww))
+    a = sp.diags(fluid_cells.astype(float)) @ a  # obstacle rows: identity
+    a = a + sp.diags(np.where(fluid_cells, diag.ravel(), 1.0))
+    a = a.tocsr()
+    a.eliminate_zeros()
+    return a
+
+
+def build(keep_x: Tensor, keep_y: Tensor, open_x: Tensor, open_y: Tensor, active: Tensor,
+          spacing: float) -> Projection:
+    """The `Projection` of one geometry from its masks (`masks`): assemble, regularise and
+    factorise the matrix.
+
+    Arguments:
+        keep_x, keep_y, open_x, open_y: Face factors k and h, (H, W − 1) and (H, W).
+        active: a, (H, W).
+        spacing: Cell size Δx.
+    """
+    keep_x, keep_y, open_x, open_y, active = (
+        t.detach().to("cpu", torch.float64) for t in (keep_x, keep_y, open_x, open_y, active))
     t0 = time.perf_counter()
-    matrix, pockets = _regularise(a_yx, active_t.ravel().numpy() > 0)
+    a = laplacian(open_x.numpy(), open_y.numpy(), active.numpy(), spacing)
+    matrix, pockets = _regularise(a, active.numpy().ravel() > 0)
     lu = spla.splu(matrix.tocsc())
-    spacing = float(velocity.dx.vector["x"])
-    return Projection(*faces(keep), *faces(hard_bcs), active_t, matrix, lu, pockets, spacing,
+    return Projection(keep_x, keep_y, open_x, open_y, active, matrix, lu, pockets, spacing,
                       time.perf_counter() - t0)
 
 
@@ -206,15 +282,19 @@ def _regularise(
 _CACHE: OrderedDict[tuple[bytes, int, str], Projection] = OrderedDict()
 
 
-def cached(key: tuple[bytes, int, str], make: Callable[[], Projection]) -> Projection:
-    """The projection for key (geometry bytes, resolution, dtype), built by make() once; LRU."""
+def lookup(key: tuple[bytes, int, str]) -> Projection | None:
+    """The cached projection for key (geometry bytes, resolution, dtype), or None."""
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    p = _CACHE[key] = make()
+    return None
+
+
+def store(key: tuple[bytes, int, str], projection: Projection) -> None:
+    """Cache a projection, dropping the least recently used beyond CACHE_SIZE."""
+    _CACHE[key] = projection
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
-    return p
 
 
 def cache_clear() -> None:

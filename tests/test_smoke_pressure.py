@@ -87,7 +87,7 @@ def test_float32_matches_phiflow_solve(geometry: Tensor) -> None:
 @pytest.mark.parametrize("inner", [20.0, 5.0])  # a 3 × 3 pocket, and one enclosed cell
 def test_enclosed_pocket_is_finite_and_matches_phiflow(inner: float) -> None:
     geometry = ring(inner)
-    projection = smoke._projection(geometry[0], RES, F64)
+    (projection,) = smoke._projections(geometry, RES, F64)
     assert projection.pockets is not None
     cells = projection.pockets[0]
     assert cells.numel() == (1 if inner < H else round(inner / H)) ** 2
@@ -109,7 +109,7 @@ def test_inconsistent_pocket_gets_least_squares_projection() -> None:
     """With flow through the pocket's partly open faces, the pocket's divergence does not sum to
     zero; the projection then leaves the pocket's mean divergence and removes the rest."""
     geometry = ring(20.0)
-    projection = smoke._projection(geometry[0], RES, F64)
+    (projection,) = smoke._projections(geometry, RES, F64)
     gen = torch.Generator().manual_seed(16)
     vx = torch.randn(2, RES, RES - 1, generator=gen, dtype=F64)
     vy = torch.randn(2, RES, RES, generator=gen, dtype=F64)
@@ -169,3 +169,14 @@ def test_gradient_same_on_every_call(geometry: Tensor) -> None:
         grads.append(torch.autograd.grad((w * smoke.step(xr, geometry, 0.1)).sum(), xr)[0])
     for g in grads[1:]:
         assert torch.equal(g, grads[0])
+
+
+@pytest.mark.parametrize("case", ["sampled", "ring"])
+def test_assembled_matrix_is_phiflows(geometry: Tensor, case: str) -> None:
+    """The masked Laplacian assembled from the masks equals PhiFlow's `masked_laplace` matrix."""
+    g = geometry[:1] if case == "sampled" else ring(5.0)
+    (projection,) = smoke._projections(g, RES, F64)
+    mine = smoke_pressure.laplacian(projection.open_x.numpy(), projection.open_y.numpy(),
+                                    projection.active.numpy(), projection.spacing)
+    reference = smoke._phiflow_matrix(g[0], RES)
+    assert abs(mine - reference).max() < 1e-12 * abs(reference).max()
