@@ -27,13 +27,17 @@ to size_x by `sample_obstacles`). The solid mask (B, 1, H, W) is 1 in cells whos
 a box or sphere (`obstacle_mask`); velocities are 0 there after every step. (The projection
 itself sees PhiFlow's volume fractions of the same shapes; the two agree up to boundary cells.)
 
-Traps (method.md §6): the step is a `phi.math.jit_compile`d function, traced once per (shape,
-dtype, advection scheme) and cached here; everything that varies (state, obstacles, inflow,
-dt) is an argument, never a captured tensor. A closed box with obstacles makes PhiFlow detect a
-rank deficiency and the CG solve diverge; the top is open instead, which makes the pressure
-system regular, so CG also reaches the float64 tolerances of the gradient checks. Per-sample
-obstacles build one batched sparse matrix whose flat index overflows int32 when
-batch·H·W > 46 340, so batches are split into chunks of at most 46 340 // (H·W) items (11 at 64²).
+Traps (method.md §6): the step is split at the pressure solve. Advection, inflow and buoyancy
+are a `phi.math.jit_compile`d function, traced once per (shape, dtype, advection scheme) and
+cached here; everything that varies (state, inflow, dt) is an argument, never a captured tensor.
+It runs with `torch.jit.optimized_execution(False)`: TorchScript's optimised graph gave wrong
+gradients from the second call on. The projection (simulators/smoke_pressure.py) uses PhiFlow's
+masks and masked Laplacian, factorised once per geometry and solved, with its exact adjoint, in
+torch for a batch whose items have different obstacles (PhiML can neither transpose that batched
+matrix for gradients nor index it beyond batch·H·W > 46 340). The open top makes the pressure
+system regular except in fluid pockets the obstacles enclose, which smoke_pressure pins.
+`step_phiflow` keeps PhiFlow's own CG solve (chunked; item by item with gradients) as the
+reference.
 
 The approximate inverse step of method.md §2 is `step` with dt < 0: advection runs backwards and
 buoyancy is subtracted; the inflow is not subtracted (it is added only for dt > 0), since the
