@@ -27,13 +27,17 @@ to size_x by `sample_obstacles`). The solid mask (B, 1, H, W) is 1 in cells whos
 a box or sphere (`obstacle_mask`); velocities are 0 there after every step. (The projection
 itself sees PhiFlow's volume fractions of the same shapes; the two agree up to boundary cells.)
 
-Traps (method.md §6): the step is a `phi.math.jit_compile`d function, traced once per (shape,
-dtype, advection scheme) and cached here; everything that varies (state, obstacles, inflow,
-dt) is an argument, never a captured tensor. A closed box with obstacles makes PhiFlow detect a
-rank deficiency and the CG solve diverge; the top is open instead, which makes the pressure
-system regular, so CG also reaches the float64 tolerances of the gradient checks. Per-sample
-obstacles build one batched sparse matrix whose flat index overflows int32 when
-batch·H·W > 46 340, so batches are split into chunks of at most 46 340 // (H·W) items (11 at 64²).
+Traps (method.md §6): the step is split at the pressure solve. Advection, inflow and buoyancy
+are a `phi.math.jit_compile`d function, traced once per (shape, dtype, advection scheme) and
+cached here; everything that varies (state, inflow, dt) is an argument, never a captured tensor.
+It runs with `torch.jit.optimized_execution(False)`: TorchScript's optimised graph gave wrong
+gradients from the second call on. The projection (simulators/smoke_pressure.py) uses PhiFlow's
+masks and masked Laplacian, factorised once per geometry and solved, with its exact adjoint, in
+torch for a batch whose items have different obstacles (PhiML can neither transpose that batched
+matrix for gradients nor index it beyond batch·H·W > 46 340). The open top makes the pressure
+system regular except in fluid pockets the obstacles enclose, which smoke_pressure pins.
+`step_phiflow` keeps PhiFlow's own CG solve (chunked; item by item with gradients) as the
+reference.
 
 The approximate inverse step of method.md §2 is `step` with dt < 0: advection runs backwards and
 buoyancy is subtracted; the inflow is not subtracted (it is added only for dt > 0), since the
@@ -61,6 +65,8 @@ from phi.physics import advect, fluid
 from phi.torch import TORCH
 from torch import Tensor
 
+from simulators import smoke_pressure
+
 __all__ = [
     "BUOYANCY",
     "DOMAIN",
@@ -73,6 +79,7 @@ __all__ = [
     "rollout",
     "sample_obstacles",
     "step",
+    "step_phiflow",
 ]
 
 # PhiML builds torch sparse CSR matrices for the pressure solve; torch announces, once per
@@ -173,6 +180,57 @@ def max_chunk(resolution: int) -> int:
     return max(1, _SPARSE_LIMIT // (resolution * resolution))
 
 
+_WALLS = phimath.extrapolation.combine_sides(
+    x=phimath.extrapolation.ZERO,
+    y=(phimath.extrapolation.ZERO, phimath.extrapolation.ZERO_GRADIENT),  # open top
+)
+
+
+def _obstacle_geometries(lower: phimath.Tensor, upper: phimath.Tensor, centre: phimath.Tensor,
+                         radius: phimath.Tensor) -> list[geom.Geometry]:
+    return [geom.Box(lower, upper), geom.Sphere(centre, radius)]
+
+
+def _advected(
+    state: phimath.Tensor,
+    fluid_mask: phimath.Tensor,
+    inflow: phimath.Tensor,
+    dt: phimath.Tensor,
+    mac_cormack: bool,
+) -> tuple[phifield.Field, phifield.Field]:
+    """Smoke (centred) and velocity (staggered) after advection, inflow and buoyancy."""
+    resolution = phimath.spatial(state)
+    bounds = geom.Box(x=DOMAIN, y=DOMAIN)
+    grid = functools.partial(phifield.CenteredGrid, bounds=bounds, resolution=resolution)
+    velocity_c = phimath.rename_dims(
+        state.c["vx,vy"] * fluid_mask, "c", phimath.channel(vector="x,y")
+    )
+    velocity = phifield.StaggeredGrid(
+        grid(velocity_c, _WALLS), _WALLS, bounds=bounds, resolution=resolution
+    )
+    smoke = grid(state.c["s"], phimath.extrapolation.ZERO_GRADIENT)
+    source = grid(geom.Sphere(phimath.vec(x=INFLOW_CENTRE[0], y=INFLOW_CENTRE[1]),
+                              radius=INFLOW_RADIUS), phimath.extrapolation.ZERO_GRADIENT)
+    advect_smoke = advect.mac_cormack if mac_cormack else advect.semi_lagrangian
+    smoke = advect_smoke(smoke, velocity, dt) + inflow * source
+    buoyancy = (smoke * phimath.vec(x=0.0, y=BUOYANCY)) @ velocity  # centred -> staggered
+    velocity = advect.semi_lagrangian(velocity, velocity, dt) + dt * buoyancy
+    return smoke, velocity
+
+
+def _advect_fields(
+    state: phimath.Tensor,
+    fluid_mask: phimath.Tensor,
+    inflow: phimath.Tensor,
+    dt: phimath.Tensor,
+    mac_cormack: bool,
+) -> tuple[phimath.Tensor, phimath.Tensor, phimath.Tensor]:
+    """`_advected` as values: smoke (b, x, y), v_x faces (b, x − 1, y), v_y faces (b, x, y)."""
+    smoke, velocity = _advected(state, fluid_mask, inflow, dt, mac_cormack)
+    vx, vy = phimath.unstack(velocity.values, "~vector")  # staggered: one shape per component
+    return smoke.values, vx, vy
+
+
 def _step_fields(
     state: phimath.Tensor,
     lower: phimath.Tensor,
@@ -185,30 +243,8 @@ def _step_fields(
     mac_cormack: bool,
 ) -> phimath.Tensor:
     """One frame on PhiFlow tensors: state (b, c=s|vx|vy, x, y) -> same; see `step`."""
-    resolution = phimath.spatial(state)
-    bounds = geom.Box(x=DOMAIN, y=DOMAIN)
-    grid = functools.partial(phifield.CenteredGrid, bounds=bounds, resolution=resolution)
-    velocity_c = phimath.rename_dims(
-        state.c["vx,vy"] * fluid_mask, "c", phimath.channel(vector="x,y")
-    )
-    walls = phimath.extrapolation.combine_sides(
-        x=phimath.extrapolation.ZERO,
-        y=(phimath.extrapolation.ZERO, phimath.extrapolation.ZERO_GRADIENT),  # open top
-    )
-    velocity = phifield.StaggeredGrid(
-        grid(velocity_c, walls),
-        walls,
-        bounds=bounds,
-        resolution=resolution,
-    )
-    smoke = grid(state.c["s"], phimath.extrapolation.ZERO_GRADIENT)
-    source = grid(geom.Sphere(phimath.vec(x=INFLOW_CENTRE[0], y=INFLOW_CENTRE[1]),
-                              radius=INFLOW_RADIUS), phimath.extrapolation.ZERO_GRADIENT)
-    advect_smoke = advect.mac_cormack if mac_cormack else advect.semi_lagrangian
-    smoke = advect_smoke(smoke, velocity, dt) + inflow * source
-    buoyancy = (smoke * phimath.vec(x=0.0, y=BUOYANCY)) @ velocity  # centred -> staggered
-    velocity = advect.semi_lagrangian(velocity, velocity, dt) + dt * buoyancy
-    obstacles = [geom.Box(lower, upper), geom.Sphere(centre, radius)]
+    smoke, velocity = _advected(state, fluid_mask, inflow, dt, mac_cormack)
+    obstacles = _obstacle_geometries(lower, upper, centre, radius)
     tolerance = 1e-5 if state.dtype.precision == 32 else 1e-10  # FD gradient checks need float64
     solve = phimath.Solve("CG", tolerance, tolerance, max_iterations=2000)
     velocity, _ = fluid.make_incompressible(velocity, obstacles, solve)
@@ -222,8 +258,9 @@ def _step_fields(
 
 
 @functools.cache
-def _jitted(mac_cormack: bool) -> Callable[..., phimath.Tensor]:
-    """The jit-compiled frame, one per advection scheme; PhiFlow caches a trace per shape/dtype."""
+def _jitted(mac_cormack: bool, dtype: torch.dtype) -> Callable[..., phimath.Tensor]:
+    """The jit-compiled frame, one per advection scheme and dtype: PhiML keys its traces by
+    shape, and reused a float64 trace for float32 inputs (which then fails in grid_sample)."""
     return phimath.jit_compile(functools.partial(_step_fields, mac_cormack=mac_cormack))
 
 
@@ -259,7 +296,7 @@ def _step_chunk(
     else:
         ob = (b,)
     with _phiflow_context(state.dtype):
-        out = _jitted(mac_cormack)(
+        out = _jitted(mac_cormack, state.dtype)(
             phimath.wrap(state.transpose(-1, -2), b, phimath.channel(c="s,vx,vy"),
                          phimath.spatial("x,y")),
             phimath.wrap(lower, *ob, phimath.instance("obstacles"), vector),
@@ -321,6 +358,77 @@ class _Step(torch.autograd.Function):
         return grad_state, None, None, None, None
 
 
+def _inflow(state: Tensor, t: float | Tensor, dt: float, inflow_rate: float) -> Tensor:
+    """r · dt per item where t < 0.2 and dt > 0, else 0; shape (B,), float64."""
+    t = torch.as_tensor(t, dtype=torch.float64).expand(state.shape[0])
+    # frames are 0.01 apart: the margin keeps t = 0.2 (as 0.2000001 or 0.1999999) out
+    return torch.where(t < INFLOW_END - 1e-6, inflow_rate * dt, 0.0) if dt > 0 else torch.zeros_like(t)
+
+
+def _phiflow_geometry(geometry: Tensor, resolution: int) -> tuple[phifield.Field, list[Any]]:
+    """A zero staggered velocity and the obstacles (batch dim b) for geometry (B, n_max, 5);
+    call inside `_phiflow_context`."""
+    b, vector, obstacles = phimath.batch("b"), phimath.channel(vector="x,y"), phimath.instance("obstacles")
+    lower, upper, centre, radius = _obstacle_arguments(geometry)
+    r = phimath.spatial(x=resolution, y=resolution)
+    velocity = phifield.StaggeredGrid(0, _WALLS, bounds=geom.Box(x=DOMAIN, y=DOMAIN), resolution=r)
+    return velocity, _obstacle_geometries(
+        phimath.wrap(lower, b, obstacles, vector), phimath.wrap(upper, b, obstacles, vector),
+        phimath.wrap(centre, b, obstacles, vector), phimath.wrap(radius, b, obstacles))
+
+
+def _projections(geometry: Tensor, resolution: int, dtype: torch.dtype) -> list[smoke_pressure.Projection]:
+    """The cached pressure projection of each geometry (B, n_max, 5), keyed by the geometry's
+    bytes in the state's dtype (what the obstacles are built from), resolution and dtype; the
+    masks of all missing geometries come from one batched PhiFlow call, in float64."""
+    g = geometry.detach().to("cpu", dtype)
+    keys = [(row.numpy().tobytes(), resolution, str(dtype)) for row in g]
+    missing = {k: i for i, k in enumerate(keys) if smoke_pressure.lookup(k) is None}
+    if missing:
+        with _phiflow_context(torch.float64):
+            velocity, shapes = _phiflow_geometry(g[list(missing.values())].double(), resolution)
+            keep, hard, active = smoke_pressure.masks(velocity, shapes)
+            spacing = DOMAIN / resolution
+            faces = [c.native("b,y,x") for f in (keep, hard) for c in phimath.unstack(f, "~vector")]
+            active = active.native("b,y,x")
+        for j, key in enumerate(missing):
+            smoke_pressure.store(key, smoke_pressure.build(*(f[j] for f in faces), active[j], spacing))
+    return [smoke_pressure.lookup(k) for k in keys]
+
+
+def _phiflow_matrix(geometry: Tensor, resolution: int) -> Any:
+    """PhiFlow's own masked Laplacian for one geometry (n_max, 5), scipy, float64 (for tests)."""
+    with _phiflow_context(torch.float64):
+        velocity, shapes = _phiflow_geometry(geometry[None].double(), resolution)
+        return smoke_pressure.phiflow_matrix(velocity, [s.b[0] for s in shapes])
+
+
+@functools.cache
+def _jitted_advect(mac_cormack: bool, dtype: torch.dtype) -> Callable[..., tuple[phimath.Tensor, ...]]:
+    """`_advect_fields` jit-compiled, one per scheme and dtype (as `_jitted`)."""
+    return phimath.jit_compile(functools.partial(_advect_fields, mac_cormack=mac_cormack))
+
+
+def _step_projected(state: Tensor, geometry: Tensor, inflow: Tensor, dt: float,
+                    mac_cormack: bool, solver: str) -> Tensor:
+    """`step` through `_advect_fields` (jitted PhiFlow) and smoke_pressure.project (torch)."""
+    resolution = state.shape[-1]
+    fluid_mask = 1 - obstacle_mask(geometry.to(state.dtype), resolution)  # (B, 1, H, W)
+    projections = _projections(geometry, resolution, state.dtype)
+    b, native = phimath.batch("b"), "b,y,x"
+    with _phiflow_context(state.dtype), torch.jit.optimized_execution(False):
+        fields = _jitted_advect(mac_cormack, state.dtype)(
+            phimath.wrap(state.transpose(-1, -2), b, phimath.channel(c="s,vx,vy"),
+                         phimath.spatial("x,y")),
+            phimath.wrap(fluid_mask[:, 0].transpose(-1, -2), b, phimath.spatial("x,y")),
+            phimath.wrap(inflow, b),
+            phimath.wrap(torch.tensor(dt, dtype=state.dtype, device=state.device)),
+        )
+        s, vx, vy = (f.native(native) for f in fields)
+    ux, uy = smoke_pressure.project(vx, vy, projections, solver)
+    return torch.stack([s, ux * fluid_mask[:, 0], uy * fluid_mask[:, 0]], 1)
+
+
 def step(
     state: Tensor,
     geometry: Tensor,
@@ -328,12 +436,15 @@ def step(
     dt: float = 1.0,
     mac_cormack: bool = True,
     inflow_rate: float = INFLOW_RATE,
+    *,
+    pressure_solver: str = "auto",
 ) -> Tensor:
     """Advance one frame; dt < 0 is the approximate inverse step P̃⁻¹ (module docstring).
 
     The inflow r · dt · 1_inflow is added where t < 0.2 and dt > 0 (t is the physical time of the
-    input state, frame · 0.01). Batches larger than `max_chunk` are split into equal chunks
-    (the last padded by repetition) so that one traced shape serves all of them.
+    input state, frame · 0.01). The pressure projection is PhiFlow's (same masks and matrix), but
+    solved by smoke_pressure: a factorisation cached per geometry, and an exact adjoint, for a
+    whole batch with different obstacles per item.
 
     Arguments:
         state: Smoke, v_x, v_y at cell centres, shape (B, 3, H, W) with H = W.
@@ -342,16 +453,36 @@ def step(
         dt: Simulator time step per frame (1 = one frame forward, −1 = one frame back).
         mac_cormack: Advect smoke with MacCormack (default) or semi-Lagrangian (for gradients).
         inflow_rate: Smoke added per unit dt in the inflow cells (r).
+        pressure_solver: "lu" (SuperLU, CPU), "cg" (batched CG in torch, any device), "auto"
+            (lu on the CPU, cg elsewhere), or "phiflow" (`step_phiflow`, the reference).
 
     Returns:
         The next state, shape (B, 3, H, W), differentiable w.r.t. state (not the geometry).
-        With gradients, items run one at a time and the backward pass recomputes the forward
-        frame (`_Step`): about 3× the cost of a forward frame per item.
+    """
+    if pressure_solver == "phiflow":
+        return step_phiflow(state, geometry, t, dt, mac_cormack, inflow_rate)
+    if pressure_solver == "auto":
+        pressure_solver = "lu" if state.device.type == "cpu" else "cg"
+    inflow = _inflow(state, t, dt, inflow_rate).to(state)
+    return _step_projected(state, geometry, inflow, dt, mac_cormack, pressure_solver)
+
+
+def step_phiflow(
+    state: Tensor,
+    geometry: Tensor,
+    t: float | Tensor,
+    dt: float = 1.0,
+    mac_cormack: bool = True,
+    inflow_rate: float = INFLOW_RATE,
+) -> Tensor:
+    """`step` with PhiFlow's own CG pressure solve (make_incompressible): the reference.
+
+    Batches larger than `max_chunk` are split into equal chunks (the last padded by repetition)
+    so that one traced shape serves all of them. With gradients, items run one at a time and the
+    backward pass recomputes the forward frame (`_Step`): about 3× the cost of a forward frame.
     """
     n = state.shape[0]
-    t = torch.as_tensor(t, dtype=torch.float64).expand(n)
-    # frames are 0.01 apart: the margin keeps t = 0.2 (as 0.2000001 or 0.1999999) out
-    inflow = torch.where(t < INFLOW_END - 1e-6, inflow_rate * dt, 0.0) if dt > 0 else torch.zeros_like(t)
+    inflow = _inflow(state, t, dt, inflow_rate)
     # PhiML 1.16 builds per-sample obstacles into one sparse matrix with batch dims as matrix
     # dims, and its implicit gradient fails to transpose that matrix (AssertionError "Dual
     # dimensions on both compressed and uncompressed dimensions"): with gradients, go one by one
