@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from common import ROOT
 
-from cli import write_text_atomic
+from physdiff.io import write_text_atomic
+from physdiff.runtime import code_version
 from simulators import smoke, smoke_pressure
-from systems import code_version
 
 
 def seconds(fn: Callable[[], object], repeats: int) -> float:

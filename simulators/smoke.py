@@ -1,6 +1,6 @@
 """smoke-64: buoyancy-driven smoke with obstacles, on PhiFlow, exchanging plain torch tensors.
 
-The system (method.md §5 smoke-64), on the domain [0, 100]² with walls (v·n = 0) left, right and bottom and an open top
+The system (docs/method.md §8, smoke-64), on the domain [0, 100]² with walls (v·n = 0) left, right and bottom and an open top
 (zero-gradient velocity, p = 0):
 
     s ← A_s(s, v, dt) + r dt · 1[t < 0.2] · 1_inflow        A_s: MacCormack (or semi-Lagrangian)
@@ -9,7 +9,7 @@ The system (method.md §5 smoke-64), on the domain [0, 100]² with walls (v·n =
 
 with s the smoke density, v the velocity (staggered inside the step), the inflow 1_inflow the
 fraction of each cell covered by the sphere at (50, 10) of radius 5, added at rate
-r = 0.2 per frame (the rate of PhiFlow's smoke-plume demo; method.md does not state one), and one
+r = 0.2 per frame (the rate of PhiFlow's smoke-plume demo; docs/method.md §8), and one
 frame = simulator dt 1 = physical time 0.01.
 
 State convention: a tensor (B, 3, H, W) of smoke, v_x, v_y, all sampled at cell centres; index
@@ -27,7 +27,7 @@ to size_x by `sample_obstacles`). The solid mask (B, 1, H, W) is 1 in cells whos
 a box or sphere (`obstacle_mask`); velocities are 0 there after every step. (The projection
 itself sees PhiFlow's volume fractions of the same shapes; the two agree up to boundary cells.)
 
-Traps (method.md §6): the step is split at the pressure solve. Advection, inflow and buoyancy
+Traps (measured with PhiFlow 3.4): the step is split at the pressure solve. Advection, inflow and buoyancy
 are a `phi.math.jit_compile`d function, traced once per (shape, dtype, advection scheme) and
 cached here; everything that varies (state, inflow, dt) is an argument, never a captured tensor.
 It runs with `torch.jit.optimized_execution(False)`: TorchScript's optimised graph gave wrong
@@ -39,7 +39,7 @@ system regular except in fluid pockets the obstacles enclose, which smoke_pressu
 `step_phiflow` keeps PhiFlow's own CG solve (chunked; item by item with gradients) as the
 reference.
 
-The approximate inverse step of method.md §2 is `step` with dt < 0: advection runs backwards and
+The approximate inverse step of docs/method.md §2 is `step` with dt < 0: advection runs backwards and
 buoyancy is subtracted; the inflow is not subtracted (it is added only for dt > 0), since the
 reverse task starts after the inflow has stopped (t ≥ 0.2) and the learned score absorbs the
 rest.
