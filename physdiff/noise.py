@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from physdiff.samplers import Noise
+from physdiff.samplers import Noise, randn_like
 from physdiff.sde import Drift
 
 __all__ = ["diagonal_noise", "residual_power", "residual_spectra", "spectral_noise"]
@@ -75,7 +75,7 @@ def diagonal_noise(variances: Tensor) -> Noise:
     n_steps = variances.shape[0]
 
     def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = randn_like(x, generator)
         return scale[n_steps - 1 - i].to(device=x.device, dtype=x.dtype) * z
 
     return noise
@@ -92,7 +92,7 @@ def spectral_noise(spectra: Tensor) -> Noise:
 
     def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
         h, w = x.shape[-2:]
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = randn_like(x, generator)
         amp = amplitude[n_steps - 1 - i].to(device=x.device)
         return torch.fft.ifft2(amp * torch.fft.fft2(z) / math.sqrt(h * w)).real.to(x.dtype)
 

@@ -21,6 +21,7 @@ __all__ = [
     "euler_maruyama",
     "langevin_corrector",
     "probability_flow",
+    "randn_like",
     "repeat_samples",
     "white_noise",
 ]
@@ -31,14 +32,16 @@ Noise = Callable[[Tensor, int, "torch.Generator | None"], Tensor]
 Corrector = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
 
 
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """z ~ N(0, I) of x's shape, dtype and device, drawn with `generator` (every noise draw of
+    the samplers and noise models goes through here, so a seed reproduces them)."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def white_noise(ts: Tensor, g: float) -> Noise:
     """The Brownian increment of the SDE: g √|t_{i+1} − t_i| z, z ~ N(0, I)."""
     scales = g * (ts[1:] - ts[:-1]).abs().sqrt()
-    return lambda x, i, generator: scales[i] * _randn(x, generator)
+    return lambda x, i, generator: scales[i] * randn_like(x, generator)
 
 
 def euler_maruyama(
@@ -109,7 +112,7 @@ def langevin_corrector(score: Drift, snr: float = 0.1) -> Corrector:
 
     def correct(x: Tensor, t: Tensor, generator: torch.Generator | None) -> Tensor:
         s = score(x, t)
-        z = _randn(x, generator)
+        z = randn_like(x, generator)
         s_norm = s.flatten(1).norm(dim=1).mean()
         z_norm = z.flatten(1).norm(dim=1).mean()
         eps = 2 * (snr * z_norm / s_norm.clamp_min(1e-12)) ** 2

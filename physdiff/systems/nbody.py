@@ -29,7 +29,7 @@ from physdiff.cli.common import UsageError, non_negative, positive
 from physdiff.data import Metadata, up_to_date, write
 from physdiff.nets import PairwiseForce, SetScoreNet
 from physdiff.noise import diagonal_noise, residual_power
-from physdiff.samplers import Noise
+from physdiff.samplers import Noise, randn_like
 from physdiff.sde import Drift, from_inverse_step
 from physdiff.systems.base import InferenceResult, System
 from physdiff.systems.generation import SPLITS, simulate_in_chunks, split_generator
@@ -135,7 +135,7 @@ class NBodySystem(System):
         scale = self.meta.g * math.sqrt(self.meta.dt)
 
         def white(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = randn_like(x, generator)
             return torch.cat([torch.zeros_like(z[..., :2]), scale * z[..., 2:]], dim=-1)
 
         return white

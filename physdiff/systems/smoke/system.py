@@ -25,7 +25,7 @@ from physdiff import metrics
 from physdiff.cli.common import non_negative, positive
 from physdiff.data import DataError, Metadata
 from physdiff.nets import GridScoreNet
-from physdiff.samplers import Noise
+from physdiff.samplers import Noise, randn_like
 from physdiff.sde import Drift, from_inverse_step
 from physdiff.systems.base import InferenceResult, System
 from simulators import smoke
@@ -149,7 +149,7 @@ class SmokeSystem(System):
         scale = (calibration if calibration is not None else white).sqrt()
 
         def draw(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z = randn_like(x, generator)
             return scale[k - 1 - i].to(x) * z * fluid.to(x)
 
         return draw
