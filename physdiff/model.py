@@ -17,7 +17,8 @@ from tqdm import tqdm
 from physdiff.data import DataError, Metadata, Trajectories, read
 from physdiff.samplers import euler_maruyama, langevin_corrector, probability_flow, repeat_samples
 from physdiff.sde import Drift, reverse_drift
-from physdiff.systems import System, for_data
+from physdiff.systems import System, SystemLoadError, for_data
+from physdiff.systems import get as get_system
 from physdiff.systems.base import zero_drift
 from physdiff.training import CheckpointError, load_checkpoint
 
@@ -76,13 +77,26 @@ def load_model(path: Path, device: torch.device | str = "cpu", system: str | Non
 def read_split(path: Path, model: Model, limit: int | None = None) -> Trajectories:
     """A dataset split to test a model on: same simulator, dt, steps and g as its training
     data, or one clear error."""
-    data = read(path, simulator=model.meta.simulator, limit=limit)
+    data = read(path, limit=limit)
+    if data.meta.simulator != model.meta.simulator and type(model.system) is not _class_of(
+            data.meta.simulator, path):
+        raise DataError(f"{path}: data from system '{data.meta.simulator}', the checkpoint was "
+                        f"trained on '{model.meta.simulator}' ({type(model.system).__name__})")
     if (data.meta.dt, data.meta.n_steps, data.meta.g) != (
             model.meta.dt, model.meta.n_steps, model.meta.g):
         raise DataError(f"{path}: dt, steps, g = {data.meta.dt}, {data.meta.n_steps}, "
                         f"{data.meta.g}; the checkpoint was trained on {model.meta.dt}, "
                         f"{model.meta.n_steps}, {model.meta.g}")
     return data
+
+
+def _class_of(spec: str, path: Path) -> type | None:
+    """The System class a dataset names (an entry-point name and a package.module:Class spec
+    can name the same class), or None if it cannot be loaded."""
+    try:
+        return get_system(spec)
+    except SystemLoadError:
+        return None
 
 
 def check_observations(x_T: Tensor, model: Model, source: str) -> None:

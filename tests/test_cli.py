@@ -137,6 +137,11 @@ def test_bad_input_gives_one_line_errors(
     assert "bad.pt" in err
     err = one_line_error(generate.main, ["--steps", "-3", "--out", str(tmp_path / "g")])
     assert "--steps" in err
+    # non-finite physics parameters are refused before anything is simulated or written
+    for flag, value in (("--t-final", "inf"), ("--exponent", "nan"), ("--g", "inf")):
+        err = one_line_error(generate.main, [flag, value, "--out", str(tmp_path / "g")])
+        assert flag in err and "finite" in err
+    assert not (tmp_path / "g").exists()
     err = one_line_error(train.main, ["--data", str(data), "--out", str(tmp_path / "t"),
                                       "--stages", "1:5,9:5"])
     assert "rollout 9" in err

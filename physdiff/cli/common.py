@@ -11,14 +11,12 @@ from typing import Any
 
 import h5py
 
+from physdiff.checks import UsageError, finite, non_negative, positive
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "non_negative", "positive", "read_observed_h5", "run"]
-
-
-class UsageError(ValueError):
-    """A bad flag value or input; the message names the flag or file and what was expected."""
+__all__ = ["UsageError", "apply_recipe", "finite", "non_negative", "positive", "read_observed_h5",
+           "run"]
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
@@ -66,26 +64,6 @@ def apply_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
     if unknown:
         parser.error(f"--recipe {known.recipe}: unknown keys {unknown}")
     parser.set_defaults(**recipe)
-
-
-def positive(kind: type = int) -> Callable[[str], int | float]:
-    """argparse type: a number > 0."""
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-        return value
-    return parse
-
-
-def non_negative(kind: type = float) -> Callable[[str], int | float]:
-    """argparse type: a number ≥ 0."""
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-        return value
-    return parse
 
 
 def read_observed_h5(path: Path, extras: Sequence[str] = (), all_extras: bool = False

@@ -78,7 +78,7 @@ class System:
     # train.py --preset NAME: flag defaults tuned for this system (besides the generic 'tiny')
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # generate.py's defaults for the flags every system has: --t-final, --steps, --g
-    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
+    generate_defaults: ClassVar[dict[str, float | int]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
 
     # ----------------------------------------------------------------- data generation
     @classmethod
@@ -88,7 +88,12 @@ class System:
     @classmethod
     def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
         """Write args.out/{train,valid,test}.h5 (physdiff.data.write) with Metadata whose
-        `simulator` is `system_id`, keeping splits that are already up to date."""
+        `simulator` is `system_id`, keeping splits that are already up to date.
+
+        `args` holds the flags every system has: out (Path), n_train, n_valid, n_test (ints
+        >= 1, n_train >= 2), t_final (> 0), steps (int > 0), g (>= 0), seed (int), with
+        `generate_defaults` filled in, plus the system's own flags from `add_arguments`.
+        Check parameters and raise UsageError before writing anything."""
         raise NotImplementedError(f"system '{cls.name}' cannot generate data")
 
     # ----------------------------------------------------------------- physics and networks

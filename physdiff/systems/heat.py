@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from physdiff import metrics, plots
-from physdiff.cli.common import UsageError
+from physdiff.checks import UsageError, finite, positive
 from physdiff.data import Metadata, up_to_date, write
 from physdiff.nets import PeriodicScoreNet
 from physdiff.noise import residual_spectra, spectral_noise
@@ -44,7 +44,7 @@ class HeatSystem(System):
     """Stochastic heat diffusion (simulators/heat.py); states (B, 1, H, W), normalised units."""
 
     name: ClassVar[str] = "heat"
-    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 0.2, "steps": 32, "g": 0.1}
+    generate_defaults: ClassVar[dict[str, float | int]] = {"t_final": 0.2, "steps": 32, "g": 0.1}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # about 2 minutes on 2 CPU cores. Width 16 / depth 1 measured as the best speed-accuracy
         # trade (a 3×3 CNN plus the per-mode spectral branch); the multi-step stages at the
@@ -141,8 +141,8 @@ class HeatSystem(System):
     # ----------------------------------------------------------------- data generation
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--size", type=int, default=32, help="grid size H = W (even)")
-        group.add_argument("--exponent", type=float, default=4.0,
+        group.add_argument("--size", type=positive(int), default=32, help="grid size H = W (even)")
+        group.add_argument("--exponent", type=finite(float), default=4.0,
                            help="GRF prior P(k) = |k|^-exponent")
 
     @classmethod

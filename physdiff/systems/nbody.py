@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from physdiff import calibration, metrics, plots
-from physdiff.cli.common import UsageError, non_negative, positive
+from physdiff.checks import UsageError, non_negative, positive
 from physdiff.data import Metadata, up_to_date, write
 from physdiff.nets import PairwiseForce, SetScoreNet
 from physdiff.noise import diagonal_noise, residual_power
@@ -49,7 +49,7 @@ class NBodySystem(System):
     # 19 samples: the 50 % and 90 % rank intervals of SBC are then exact; paths are small
     default_samples: ClassVar[int] = 19
     keep_paths: ClassVar[bool] = True
-    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
+    generate_defaults: ClassVar[dict[str, float | int]] = {"t_final": 1.0, "steps": 20, "g": 0.1}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # a 2-layer set transformer of width 64 (pass --physics learned / none for the
         # joint-physics and network-only models)

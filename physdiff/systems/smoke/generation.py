@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from physdiff.cli.common import UsageError
+from physdiff.checks import UsageError
 from physdiff.data import DataError, Metadata, read, up_to_date, write
 from physdiff.systems.generation import SPLITS
 from simulators import smoke

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from physdiff import metrics
-from physdiff.cli.common import non_negative, positive
+from physdiff.checks import non_negative, positive
 from physdiff.data import DataError, Metadata
 from physdiff.nets import GridScoreNet
 from physdiff.samplers import Noise, randn_like
@@ -40,16 +40,15 @@ class SmokeSystem(System):
     name: ClassVar[str] = "smoke"
     default_samples: ClassVar[int] = 8
     default_batch_size: ClassVar[int] = 32
-    generate_defaults: ClassVar[dict[str, float]] = {"t_final": 0.65, "steps": 65, "g": 0.1}
+    generate_defaults: ClassVar[dict[str, float | int]] = {"t_final": 0.65, "steps": 65, "g": 0.1}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # smoke-64: a U-Net of width 16 (0.24 s per update of 16 states, against 0.65 s for one
-        # batched PhiFlow inverse step of 16). An update of a rollout stage longer than 1 runs
-        # the PhiFlow step with gradients item by item (simulators/smoke.py; 0.6 s per item and
-        # step; timings: python benchmarks/smoke_speed.py), so the multi-step stage is short.
-        # Validation on 2 trajectories (130 physics steps) and calibration on 16 keep those cheap.
-        "smoke-64": {"stages": "1:2500,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
-                     "depth": 1, "val_every": 500, "val_trajectories": 2, "val_chunk": 1,
-                     "calibration_trajectories": 16},
+        # smoke-64: a U-Net of width 16, the one-step loss, then rollouts through the
+        # differentiable step grown to 16 (docs/method.md §3). With the factorised pressure
+        # solve (simulators/smoke_pressure.py) an update costs about 0.3 s at rollout 1 and
+        # 3 s at 16 on one CPU thread (python benchmarks/smoke_speed.py): about an hour.
+        "smoke-64": {"stages": "1:2500,4:500,8:600,16:400", "batch_size": 8, "lr": 1e-3,
+                     "width": 16, "depth": 1, "val_every": 500, "val_trajectories": 4,
+                     "val_chunk": 2, "calibration_trajectories": 64},
         "smoke-demo": {"stages": "1:600,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
                        "depth": 1, "val_every": 200, "val_trajectories": 4, "val_chunk": 1,
                        "calibration_trajectories": 8},

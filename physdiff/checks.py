@@ -1,0 +1,42 @@
+"""User-input errors and argument types shared by the scripts and the systems' own flags (a
+system adds its generate.py flags with these; the CLI layer sits above and re-exports them)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = ["UsageError", "finite", "non_negative", "positive"]
+
+
+class UsageError(ValueError):
+    """A bad flag value or input; the message names the flag or file and what was expected."""
+
+
+def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
+
+
+def positive(kind: type = int) -> Callable[[str], int | float]:
+    """argparse type: a finite number > 0."""
+    return _number(kind, lambda v: v > 0, "a finite number > 0")
+
+
+def non_negative(kind: type = float) -> Callable[[str], int | float]:
+    """argparse type: a finite number ≥ 0."""
+    return _number(kind, lambda v: v >= 0, "a finite number >= 0")
+
+
+def finite(kind: type = float) -> Callable[[str], int | float]:
+    """argparse type: a finite number (no nan or inf)."""
+    return _number(kind, lambda v: True, "a finite number")
