@@ -90,9 +90,10 @@ def write(path: Path, x: Tensor | np.ndarray, meta: Metadata,
             raise DataError(f"{path}: extra array '{name}' must be named other than 'x' and "
                             f"have one entry per trajectory ({x.shape[0]}), got {value.shape}")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]))
+        # Fletcher-32 checksums per chunk: flipped bytes are caught on read, not trained on
+        f.create_dataset("x", data=x, chunks=(1, *x.shape[1:]), fletcher32=True)
         for name, value in extras.items():
-            f.create_dataset(name, data=value)
+            f.create_dataset(name, data=value, fletcher32=True)
         attrs = asdict(meta)
         attrs["params"] = json.dumps(meta.params, sort_keys=True)
         f.attrs.update(schema=SCHEMA, **attrs)
@@ -151,17 +152,30 @@ def up_to_date(path: Path, meta: Metadata, shape: tuple[int, ...]) -> bool:
     return replace(old, version=meta.version) == meta and old_shape == tuple(shape)
 
 
+def _read_dataset(f: h5py.File, name: str, path: Path, limit: int | None) -> np.ndarray:
+    """One dataset, with its Fletcher-32 checksums verified (files written by `write` carry
+    them; HDF5 checks every chunk on read)."""
+    try:
+        return f[name][:limit] if limit is not None else f[name][()]
+    except (KeyError, OSError, RuntimeError) as err:
+        checksum = f[name].fletcher32 if name in f else False
+        why = ("checksum mismatch: the file is corrupt" if checksum
+               else "truncated or corrupt file")
+        raise DataError(f"{path}: dataset '{name}' cannot be read ({why}: "
+                        f"{str(err).splitlines()[0]})") from None
+
+
 def read(path: Path, simulator: str | None = None, limit: int | None = None) -> Trajectories:
     """Read and validate a trajectory file (optionally only the first `limit` trajectories)."""
     path = Path(path)
     with _open(path) as f:
         try:
             meta = _metadata(f, path, simulator)
-            x = f["x"][:limit] if limit is not None else f["x"][()]
-            names = [k for k in f if k != "x" and isinstance(f[k], h5py.Dataset)]
-            extras = {k: f[k][:limit] if limit is not None else f[k][()] for k in names}
+            names = ["x", *(k for k in f if k != "x" and isinstance(f[k], h5py.Dataset))]
         except (KeyError, OSError, RuntimeError) as err:
-            raise DataError(f"{path}: dataset 'x' cannot be read (truncated file?): {err}") from None
+            raise DataError(f"{path}: corrupt HDF5 file ({err})") from None
+        arrays = {name: _read_dataset(f, name, path, limit) for name in names}
+    x, extras = arrays.pop("x"), arrays
     for name, value in {"x": x, **extras}.items():
         if name != "x" and (value.ndim < 1 or value.shape[0] != x.shape[0]):
             raise DataError(f"{path}: dataset '{name}' has shape {value.shape}, expected one "

@@ -257,3 +257,20 @@ def test_extra_per_trajectory_arrays_round_trip_and_are_validated(tmp_path: Path
         f["mask"] = np.zeros((N + 1, 1), np.float32)
     with pytest.raises(DataError, match="'mask'"):
         read(path)
+
+
+def test_flipped_bytes_inside_a_dataset_are_a_one_line_error(tmp_path: Path) -> None:
+    """Files carry Fletcher-32 checksums: corruption inside the data (not only in the header)
+    is refused, naming the file and the dataset, instead of being trained on."""
+    path = tmp_path / "data.h5"
+    write(path, _trajectories(), _meta(), {"geometry": np.ones((N, 2, 5), np.float32)})
+    for name in ("x", "geometry"):
+        copy = tmp_path / f"flipped-{name}.h5"
+        copy.write_bytes(path.read_bytes())
+        with h5py.File(copy, "r") as f:
+            assert f[name].fletcher32
+            offset = f[name].id.get_chunk_info(0).byte_offset
+        raw = bytearray(copy.read_bytes())
+        raw[offset + 4] ^= 0xFF
+        copy.write_bytes(bytes(raw))
+        _assert_data_error(lambda c=copy: read(c), copy, f"'{name}'", "checksum")
