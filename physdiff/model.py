@@ -101,6 +101,8 @@ def _class_of(spec: str, path: Path) -> type | None:
 
 def check_observations(x_T: Tensor, model: Model, source: str) -> None:
     """One clear error for observations the model cannot take."""
+    if x_T.ndim == 0 or x_T.shape[0] == 0:
+        raise ValueError(f"{source}: no observations")
     expected = tuple(model.system.state_shape)
     if tuple(x_T.shape[1:]) != expected:
         raise ValueError(f"{source}: observed states have shape {tuple(x_T.shape[1:])}, the "

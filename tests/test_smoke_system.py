@@ -174,6 +174,12 @@ def test_bad_input_gives_one_line_errors(
         f["mask"] = np.zeros((2, 1, RES, RES + 1), np.float32)
     err = one_line_error(infer.main, [*ckpt, "--observed", str(bad_mask)])
     assert "'mask'" in err and str((2, 1, RES, RES)) in err
+    nan_geometry = tmp_path / "nan_geometry.h5"
+    with h5py.File(nan_geometry, "w") as f:
+        f["x_T"] = d.x[:, -1].numpy()
+        f["geometry"] = np.full(d.extras["geometry"].shape, np.nan, np.float32)
+    err = one_line_error(infer.main, [*ckpt, "--observed", str(nan_geometry)])
+    assert "'geometry'" in err and "NaN" in err
     no_geometry = tmp_path / "no_geometry.h5"
     with h5py.File(no_geometry, "w") as f:
         f["x_T"] = d.x[:, -1].numpy()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from physdiff import systems
 from physdiff.cli.common import UsageError, apply_recipe, non_negative, positive, run
+from physdiff.lock import hold
 from physdiff.runtime import code_version
 from physdiff.systems import SystemLoadError
 
@@ -70,7 +71,9 @@ def generate(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if args.n_train < 2:
         raise UsageError("--n-train: need at least 2 trajectories to normalise")
-    system.generate(args, args.simulator, code_version())
+    # shards of one generation share --out on purpose: one lock per shard
+    with hold(args.out, "generate.py", key=str(getattr(args, "shard", None) or "")):
+        system.generate(args, args.simulator, code_version())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,6 +31,7 @@ import torch
 
 from physdiff.cli.common import UsageError, non_negative, positive, read_observed_h5, run
 from physdiff.io import write_h5_atomic, write_text_atomic
+from physdiff.lock import hold
 from physdiff.model import (
     Model,
     check_observations,
@@ -87,6 +88,11 @@ def load_observed(path: Path, state_shape: tuple[int, ...]
         arr, extras = read_observed_h5(path, all_extras=True)
     if len(state_shape) == 3 and state_shape[0] == 1 and arr.ndim == 3:
         arr = arr[:, None]  # single-channel fields given as (M, H, W)
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise UsageError(f"--observed {path}: complex numbers ({arr.dtype}); expected real "
+                         "states")
+    if arr.ndim >= 1 and arr.shape[0] == 0:
+        raise UsageError(f"--observed {path}: no observations (shape {arr.shape})")
     if (arr.ndim != len(state_shape) + 1 or not np.issubdtype(arr.dtype, np.number)
             or tuple(arr.shape[1:]) != tuple(state_shape)):
         raise UsageError(f"--observed {path}: expected numbers of shape (M, "
@@ -146,7 +152,12 @@ def run_samplers(args: argparse.Namespace, model: Model, x_T: torch.Tensor,
 
 
 def infer(args: argparse.Namespace) -> None:
-    device = pick_device(args.device)
+    device = pick_device(args.device)  # a bad --device is refused before the lock or any work
+    with hold(args.out, "infer.py"):
+        _infer(args, device)
+
+
+def _infer(args: argparse.Namespace, device: torch.device) -> None:
     model = load_model(args.checkpoint, device, args.system)
     x_T, condition, trajectories, source = observations(args, model)
     check_observations(x_T, model, source)

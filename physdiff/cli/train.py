@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -37,6 +38,7 @@ from physdiff import plots, systems
 from physdiff.cli.common import UsageError, positive, run
 from physdiff.data import Metadata, Trajectories, read
 from physdiff.io import write_text_atomic
+from physdiff.lock import hold
 from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
 from physdiff.runtime import code_version, pick_device
 from physdiff.sde import Drift, reverse_drift
@@ -320,6 +322,14 @@ def calibrate(run_: Run) -> torch.Tensor:
 
 
 def train(args: argparse.Namespace) -> None:
+    if args.data.is_file():
+        raise UsageError(f"--data {args.data}: expected the folder that holds train.h5 and "
+                         "valid.h5, not a file")
+    with hold(args.out, "train.py"):
+        _train(args)
+
+
+def _train(args: argparse.Namespace) -> None:
     run_ = setup(args)
     valid_path = args.data / "valid.h5"
     valid = read(valid_path, simulator=run_.data.meta.simulator)
@@ -371,10 +381,23 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _log_lines_upto(log: Path, step: int) -> None:
-    """Drop log lines past `step` (written after the checkpoint an interrupted run resumes)."""
-    if log.exists():
-        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_text_atomic(log, "".join(ln + "\n" for ln in lines))
+    """Drop log lines past `step` (written after the checkpoint an interrupted run resumes),
+    and a last line cut short by the interruption (repaired, with a note); any other unreadable
+    line is an error naming the file and line."""
+    if not log.exists():
+        return
+    raw = [ln for ln in log.read_text().splitlines() if ln]
+    rows = []
+    for i, line in enumerate(raw):
+        try:
+            rows.append((json.loads(line)["step"], line))
+        except (ValueError, KeyError, TypeError):
+            if i < len(raw) - 1:
+                raise UsageError(f"{log}: line {i + 1} is not a log entry; fix or delete "
+                                 "the file to resume") from None
+            print(f"{log}: dropped a truncated last line (the interrupted run's)",
+                  file=sys.stderr)
+    write_text_atomic(log, "".join(line + "\n" for s, line in rows if s <= step))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -84,6 +84,9 @@ class SmokeSystem(System):
                 raise DataError(f"{source}: dataset 'mask' has shape "
                                 f"{tuple(extras['mask'].shape)}, expected {expected} (one "
                                 "solid mask per state, on the state's grid)")
+        if not torch.isfinite(geometry).all():
+            raise DataError(f"{source}: dataset 'geometry' contains NaN or Inf (obstacles must "
+                            "be finite rows [kind, x, y, size_x, size_y])")
         return geometry.float().reshape(-1, n_obst, 5)
 
     def step(self, x: Tensor, condition: Tensor, t: float | Tensor) -> Tensor:

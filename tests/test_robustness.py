@@ -1,0 +1,100 @@
+"""No silent wrong answers: locked output directories, validated inputs, repaired logs
+(each case here was accepted, or failed confusingly, before)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from physdiff.cli import generate, infer, train
+from physdiff.lock import LOCK_NAME, hold
+
+TINY = ["heat", "--n-train", "6", "--n-valid", "2", "--n-test", "2", "--size", "8", "--steps",
+        "3", "--t-final", "0.05"]
+Check = Callable[[object, list[str]], str]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("robust")
+    generate.main([*TINY, "--out", str(out / "data")])
+    train.main(["--data", str(out / "data"), "--out", str(out / "run"), "--preset", "tiny",
+                "--device", "cpu"])
+    return out
+
+
+def test_second_job_into_the_same_directory_is_refused_naming_the_holder(
+        run: Path, tmp_path: Path, one_line_error: Check) -> None:
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from physdiff.lock import hold\n"
+        f"with hold(Path({str(out)!r}), 'train.py'):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for fn, argv in ((train.main, ["--data", str(run / "data"), "--out", str(out),
+                                       "--preset", "tiny"]),
+                         (generate.main, [*TINY, "--out", str(out)])):
+            err = one_line_error(fn, argv)
+            assert "in use by train.py" in err and f"pid {holder.pid}" in err
+        assert not (out / "checkpoint.pt").exists() and not (out / "train.h5").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_of_a_killed_job_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp_path.joinpath(LOCK_NAME).write_text(json.dumps(
+        {"pid": dead.pid, "host": os.uname().nodename, "job": "train.py"}))
+    with hold(tmp_path, "infer.py") as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()  # released
+
+
+def test_bad_inputs_are_one_line_errors_before_any_work(run: Path, tmp_path: Path,
+                                                         one_line_error: Check) -> None:
+    ckpt = ["--checkpoint", str(run / "run/checkpoint.pt"), "--out", str(tmp_path / "o")]
+    err = one_line_error(infer.main, [*ckpt, "--data", str(run / "data/test.h5"),
+                                      "--device", "banana"])
+    assert "--device banana" in err
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.float32))
+    err = one_line_error(infer.main, [*ckpt, "--observed", str(tmp_path / "empty.npy")])
+    assert "no observations" in err and "empty.npy" in err
+    np.save(tmp_path / "complex.npy", np.zeros((2, 8, 8), np.complex64))
+    err = one_line_error(infer.main, [*ckpt, "--observed", str(tmp_path / "complex.npy")])
+    assert "complex" in err and "complex.npy" in err
+    err = one_line_error(train.main, ["--data", str(run / "data/train.h5"), "--out",
+                                      str(tmp_path / "t")])
+    assert "--data" in err and "folder" in err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    err = one_line_error(generate.main, [*TINY, "--out", str(blocker / "sub")])
+    assert "--out" in err and "a_file" in err
+    err = one_line_error(generate.main, ["--bogus", "1", "--out", str(tmp_path / "g")])
+    assert "--bogus" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_resume_repairs_a_truncated_last_log_line(run: Path, tmp_path: Path) -> None:
+    argv = ["--data", str(run / "data"), "--out", str(tmp_path), "--preset", "tiny",
+            "--device", "cpu"]
+    train.main([*argv, "--stop-after", "7"])
+    log = tmp_path / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 8, "lo')  # killed mid-write
+    train.main([*argv, "--resume"])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[-1]["step"] == 10
+    a = torch.load(run / "run/checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
