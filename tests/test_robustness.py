@@ -98,3 +98,18 @@ def test_resume_repairs_a_truncated_last_log_line(run: Path, tmp_path: Path) -> 
     b = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_long_work_reports_progress_off_a_terminal(run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Under `make demo > log` (stderr not a terminal) training and inference still say what
+    they do: a status line per phase and the update count."""
+    train.main(["--data", str(run / "data"), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                "--device", "cpu"])
+    infer.main(["--checkpoint", str(tmp_path / "r/checkpoint.pt"), "--data",
+                str(run / "data/test.h5"), "--n-samples", "2", "--out", str(tmp_path / "p"),
+                "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "train: 10/10" in err and "calibrating" in err
+    for phase in ("infer: reverse SDE", "infer: probability-flow ODE", "infer: figures"):
+        assert phase in err

@@ -5,18 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
+from tqdm import tqdm
 
 from physdiff.checks import UsageError, finite, non_negative, positive
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
-__all__ = ["UsageError", "apply_recipe", "finite", "non_negative", "positive", "read_observed_h5",
-           "run"]
+__all__ = [
+    "Progress",
+    "UsageError",
+    "apply_recipe",
+    "finite",
+    "non_negative",
+    "note",
+    "positive",
+    "read_observed_h5",
+    "run",
+]
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
@@ -83,3 +94,40 @@ def read_observed_h5(path: Path, extras: Sequence[str] = (), all_extras: bool = 
             return f[name][()], {k: f[k][()] for k in wanted}
     except OSError as err:
         raise UsageError(f"--observed {path}: not a readable HDF5 file ({err})") from None
+
+
+class Progress:
+    """Progress of a long loop: a tqdm bar on a terminal; off a terminal (a log file, a batch
+    job) one line on stderr at most every `every` seconds, so long work is never silent."""
+
+    def __init__(self, desc: str, total: int, initial: int = 0, every: float = 30.0) -> None:
+        self.desc, self.total, self.n, self.every = desc, total, initial, every
+        self.tty = sys.stderr.isatty()
+        self.t0 = self.last = time.perf_counter()
+        self.start = initial
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step") if self.tty else None
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.n == self.total:
+            self.last = now
+            done = self.n - self.start
+            eta = (now - self.t0) / done * (self.total - self.n) if done else float("nan")
+            extra = "".join(f", {k} {v}" for k, v in postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total}{extra}; {now - self.t0:.0f} s elapsed, "
+                  f"~{eta:.0f} s left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def note(message: str) -> None:
+    """A one-line status on stderr (what a long phase is doing), flushed at once."""
+    print(message, file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from physdiff.cli.common import UsageError, non_negative, positive, read_observed_h5, run
+from physdiff.cli.common import UsageError, non_negative, note, positive, read_observed_h5, run
 from physdiff.io import write_h5_atomic, write_text_atomic
 from physdiff.lock import hold
 from physdiff.model import (
@@ -131,6 +131,7 @@ def run_samplers(args: argparse.Namespace, model: Model, x_T: torch.Tensor,
     batch = args.batch_size or system.default_batch_size
     gen = torch.Generator(x_T.device).manual_seed(args.seed)
     paths = None
+    note(f"infer: reverse SDE, {n} samples for each of {x_T.shape[0]} observations")
     if system.keep_paths:  # small states: keep the whole reverse paths
         (_, paths), t_sde = timed(lambda: sample_posterior(
             model, x_T, n, gen, args.noise, args.corrector_snr, batch, progress=True,
@@ -140,6 +141,7 @@ def run_samplers(args: argparse.Namespace, model: Model, x_T: torch.Tensor,
         samples, t_sde = timed(lambda: sample_posterior(
             model, x_T, n, gen, args.noise, args.corrector_snr, batch, progress=True,
             condition=condition, keep=keep))
+    note("infer: probability-flow ODE and conditional-mean path")
     ode, t_ode = timed(lambda: reconstruct(model, x_T, "ode", args.ode_method, batch,
                                            condition=condition, keep=keep))
     mean = reconstruct(model, x_T, "mean", batch_size=batch, condition=condition, keep=keep)
@@ -182,6 +184,7 @@ def _infer(args: argparse.Namespace, device: torch.device) -> None:
         result.report |= report(model, result)
         print_table(result.report)
     write_text_atomic(args.out / "metrics.json", json.dumps(result.report, indent=2) + "\n")
+    note(f"infer: figures into {args.out}")
     written = model.system.figures(args.out, result)
     print(f"wrote {args.out / 'posterior.h5'}, metrics.json" +
           "".join(f", {name}" for name in written))

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from physdiff import plots, systems
-from physdiff.cli.common import UsageError, positive, run
+from physdiff.cli.common import Progress, UsageError, note, positive, run
 from physdiff.data import Metadata, Trajectories, read
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
@@ -350,7 +349,7 @@ def _train(args: argparse.Namespace) -> None:
     interrupted: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=None)
+    bar = Progress("train", total, initial=start)
     with log_path.open("a") as log:
         for metrics in fit(run_.params, loss_function(run_), run_.optimizer, run_.stages,
                            run_.cfg.lr, run_.generator, start, skipped, run_.cfg.clip):
@@ -361,8 +360,7 @@ def _train(args: argparse.Namespace) -> None:
                 metrics["time"] = round(time.perf_counter() - t0, 2)
                 log.write(json.dumps(metrics) + "\n")
                 log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", S=metrics["rollout"], skipped=skipped)
+            bar.update(1, loss=f"{metrics['loss']:.4f}", S=metrics["rollout"], skipped=skipped)
             if step % args.save_every == 0:
                 save(run_, ckpt_path, step, skipped)
             if step >= stop_at or interrupted:
@@ -372,6 +370,8 @@ def _train(args: argparse.Namespace) -> None:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")
         return
+    note(f"train: calibrating the reverse-step noise on "
+         f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
     save(run_, ckpt_path, step, skipped, calibrate(run_))
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
