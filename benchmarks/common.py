@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from physdiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py, datasets/
 
-__all__ = ["ROOT", "base_parser", "print_table", "script", "train_model"]
+__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "script", "train_model"]
 
 
 def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
@@ -68,3 +69,13 @@ def print_table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, s
     for name, row in rows.items():
         print(f"{name:{name_width}s}" + "".join(
             f"{fmt.format(row[k]):>{width}s}" if k in row else " " * width for k, _, fmt in cols))
+
+
+def mean_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Mean wall time of `fn` over `repeats` calls, after one untimed call (tracing, warm-up,
+    factorisations)."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats

@@ -21,19 +21,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import ROOT
+from common import ROOT, mean_seconds
 
 from physdiff.io import write_text_atomic
 from physdiff.runtime import code_version
 from simulators import smoke, smoke_pressure
-
-
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # trace / warm up / factorise
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def main() -> None:
@@ -67,14 +59,14 @@ def main() -> None:
     for b in args.batch:
         xb, gb = x[:b], geometry[:b]
         with torch.no_grad():
-            rows[f"new step, no grad, batch {b}, per state"] = seconds(
+            rows[f"new step, no grad, batch {b}, per state"] = mean_seconds(
                 lambda xb=xb, gb=gb: smoke.step(xb, gb, t), args.repeats) / b
-            rows[f"old step, no grad, batch {b}, per state"] = seconds(
+            rows[f"old step, no grad, batch {b}, per state"] = mean_seconds(
                 lambda xb=xb, gb=gb: smoke.step_phiflow(xb, gb, t), args.repeats) / b
-        rows[f"new step fwd+bwd, batch {b}, per state"] = seconds(
+        rows[f"new step fwd+bwd, batch {b}, per state"] = mean_seconds(
             grad_step(smoke.step, xb, gb), args.repeats) / b
     k = args.old_grad_items
-    rows[f"old step fwd+bwd, item by item, per state ({k} items)"] = seconds(
+    rows[f"old step fwd+bwd, item by item, per state ({k} items)"] = mean_seconds(
         grad_step(smoke.step_phiflow, x[:k], geometry[:k]), args.repeats) / k
     for name, value in rows.items():
         print(f"{name:58s}{value * 1e3:10.1f} ms")

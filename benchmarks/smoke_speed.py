@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import torch
-from common import ROOT
+from common import ROOT, mean_seconds
 
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.nets import GridScoreNet
 from physdiff.runtime import code_version
 from simulators import smoke
-
-
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # trace / warm up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def main() -> None:
@@ -46,14 +36,14 @@ def main() -> None:
     geometry, x = d.extras["geometry"], d.x[:, 50]
     mask = smoke.obstacle_mask(geometry, x.shape[-1])
     b = x.shape[0]
-    rows = {f"inverse step, no grad, batch {b}": seconds(
+    rows = {f"inverse step, no grad, batch {b}": mean_seconds(
         lambda: smoke.step(x, geometry, 1.0, -1.0), args.repeats)}
 
     def with_grad() -> None:
         xr = x[:2].clone().requires_grad_(True)
         smoke.step(xr, geometry[:2], 1.0, -1.0).square().sum().backward()
 
-    rows["inverse step with grad, per state"] = seconds(with_grad, args.repeats) / 2
+    rows["inverse step with grad, per state"] = mean_seconds(with_grad, args.repeats) / 2
     t = torch.full((b,), 0.3)
     for width in (16, 24):
         net = GridScoreNet(3, 1, tuple(x.shape[-2:]), 0.65, 100.0, width=width, depth=1)
@@ -61,7 +51,7 @@ def main() -> None:
         def net_step(net: GridScoreNet = net) -> None:
             net(x, t, mask).square().mean().backward()
 
-        rows[f"U-Net width {width} fwd+bwd, batch {b}"] = seconds(net_step, args.repeats)
+        rows[f"U-Net width {width} fwd+bwd, batch {b}"] = mean_seconds(net_step, args.repeats)
     for name, value in rows.items():
         print(f"{name:40s}{value:10.3f} s")
     out = ROOT / "benchmarks/results/smoke-64/speed.json"
