@@ -142,13 +142,36 @@ def main() -> None:
            "mse_per_sample": rows["exact posterior samples"]["mse_per_sample"]}
     print_table(rows, ref)
     result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
+              "command": "python benchmarks/heat.py" + (" --quick" if args.quick else ""),
               "version": code_version(), "device": str(device),
               "torch_threads": torch.get_num_threads(),
               "train_seconds": {"physdiff": t_main, "one-step loss only": t_one},
-              "rows": rows}
+              "rows": rows, "targets": heat_targets(rows, t_main)}
     write_text_atomic(out / "heat.json", json.dumps(result, indent=2) + "\n")
     print(f"training: physdiff {t_main / 60:.1f} min, one-step only {t_one / 60:.1f} min; "
           f"wrote {out / 'heat.json'}")
+
+
+def heat_targets(rows: dict[str, dict[str, Any]], train_seconds: float) -> list[dict[str, Any]]:
+    """The heat-32 targets (issue 2), each as name / value / target / met."""
+    exact_mean = rows["exact posterior mean"]["mse"]
+    exact_sample = rows["exact posterior samples"]["mse_per_sample"]
+    sde, mean_path = rows["physdiff SDE"], rows["physdiff mean path"]
+    ratios = [v for k, v in sde.items() if k.startswith("var_ratio")]
+    out = [("mean path MSE / exact posterior mean's", mean_path["mse"] / exact_mean, "<= 1.01",
+            mean_path["mse"] / exact_mean <= 1.01),
+           ("SDE MSE per sample / exact samples'", sde["mse_per_sample"] / exact_sample,
+            "<= 1.10", sde["mse_per_sample"] / exact_sample <= 1.10),
+           ("SDE variance ratio, worst band", max(ratios, key=lambda r: max(r / 1.25, 0.8 / r)),
+            "in [0.8, 1.25]",
+            all(0.8 <= r <= 1.25 for r in ratios)),
+           ("SDE spectral error", sde["spectral_error"], "<= 0.2", sde["spectral_error"] <= 0.2),
+           ("seconds per posterior sample", sde["seconds_per_sample"], "<= 0.04",
+            sde["seconds_per_sample"] <= 0.04),
+           ("training minutes", train_seconds / 60, "<= 90", train_seconds / 60 <= 90),
+           ("ode: PF-ODE MSE / exact posterior mean's", rows["physdiff PF-ODE"]["mse"] / exact_mean,
+            "finite (reported)", bool(math.isfinite(rows["physdiff PF-ODE"]["mse"])))]
+    return [{"name": n, "value": v, "target": t, "met": bool(m)} for n, v, t, m in out]
 
 
 if __name__ == "__main__":

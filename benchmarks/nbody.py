@@ -120,8 +120,10 @@ def main() -> None:
     print_table(rows, COLUMNS)
     print_notes()
     result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
+              "command": "python benchmarks/nbody.py" + (" --quick" if args.quick else ""),
               "version": code_version(), "device": str(device),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
+              "torch_threads": torch.get_num_threads(), "rows": rows,
+              "targets": nbody_targets(rows)}
     write_text_atomic(out / "nbody.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'nbody.json'}")
 
@@ -131,6 +133,20 @@ def print_notes() -> None:
           "pos MSE: initial positions; cov50/cov90: order-statistic intervals of 19 samples, "
           "nominal 0.5 / 0.9; SBC χ² p pools every coordinate (conservative), p/coord: per "
           "coordinate, Bonferroni-corrected.")
+
+
+def nbody_targets(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The N-body targets (issue 4): calibration of the true-simulator model, and the learned
+    physics' position MSE per sample against the true simulator's."""
+    true, learned = rows["true simulator: SDE"], rows["learned physics: SDE"]
+    p = true.get("sbc_p_per_coord_bonferroni", float("nan"))
+    ratio = learned["mse_pos_per_sample"] / true["mse_pos_per_sample"]
+    return [{"name": "SBC chi2 p per coordinate (Bonferroni), true simulator", "value": p,
+             "target": "> 0.01", "met": bool(p > 0.01)},
+            {"name": "coverage90, true simulator", "value": true["coverage90"],
+             "target": "in [0.85, 0.95]", "met": bool(0.85 <= true["coverage90"] <= 0.95)},
+            {"name": "learned physics pos MSE per sample / true simulator's", "value": ratio,
+             "target": "<= 1.25", "met": bool(ratio <= 1.25)}]
 
 
 if __name__ == "__main__":
