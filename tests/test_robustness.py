@@ -113,3 +113,21 @@ def test_long_work_reports_progress_off_a_terminal(run: Path, tmp_path: Path,
     assert "train: 10/10" in err and "calibrating" in err
     for phase in ("infer: reverse SDE", "infer: probability-flow ODE", "infer: figures"):
         assert phase in err
+
+
+def test_held_out_check_is_written_and_flags_miscalibration(run: Path) -> None:
+    """train.py writes calibration.json; the check calls samples made 5x too wide or 10x too
+    narrow (the calibrated noise scaled) what they are, before any exact posterior is asked."""
+    from physdiff.data import read
+    from physdiff.heldout import held_out_check
+    from physdiff.model import load_model
+
+    check = json.loads((run / "run/calibration.json").read_text())
+    assert check["n_samples"] == 19 and 0 <= check["coverage90"] <= 1 and check["verdict"]
+    model = load_model(run / "run/checkpoint.pt")
+    valid = read(run / "data/valid.h5").x
+    spectra = model.noise_spectra
+    for scale, word in ((25.0, "too wide"), (0.01, "too narrow")):
+        model.noise_spectra = spectra * scale
+        result = held_out_check(model, valid, None, torch.Generator().manual_seed(0))
+        assert not result["calibrated"] and word in result["verdict"], result["verdict"]

@@ -180,6 +180,10 @@ def _infer(args: argparse.Namespace, device: torch.device) -> None:
     if result.exact is not None:  # one draw of exact samples for the metrics and the figures
         result.exact_samples = result.exact.sample(
             n, torch.Generator().manual_seed(args.seed)).float()
+    held_out = args.checkpoint.parent / "calibration.json"
+    if held_out.exists():  # the training run's held-out calibration check, repeated here
+        result.report["held_out_check"] = json.loads(held_out.read_text())
+        print(f"held-out check of this model: {result.report['held_out_check']['verdict']}")
     if result.truth is not None:
         result.report |= report(model, result)
         print_table(result.report)
@@ -249,7 +253,8 @@ def report(model: Model, result: InferenceResult) -> dict[str, Any]:
 def print_table(report_: dict[str, Any]) -> None:
     """The scalar metrics as a table (one row per method), then per-band rows (keys with a
     space, e.g. 'var_ratio [0,2)'), then calibration figures with the data's reference."""
-    rows = {name: row for name, row in report_.items() if isinstance(row, dict)}
+    rows = {name: row for name, row in report_.items()
+            if isinstance(row, dict) and name != "held_out_check"}
     keys = [k for k in dict.fromkeys(k for row in rows.values() for k in row)
             if " " not in k and not k.startswith(("coverage", "sbc", "energy", "momentum"))]
     w = max(16, *(len(k) + 2 for k in keys))

@@ -36,9 +36,11 @@ import torch
 from physdiff import plots, systems
 from physdiff.cli.common import Progress, UsageError, note, positive, run
 from physdiff.data import Metadata, Trajectories, read
+from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
 from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
+from physdiff.model import load_model
 from physdiff.runtime import code_version, pick_device
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
@@ -76,6 +78,7 @@ class TrainConfig:
     anchor_weight: float = 1.0
     val_trajectories: int = 64
     val_chunk: int = 64
+    heldout_trajectories: int = 32  # validation trajectories for the held-out calibration check
     system: str | None = None  # overrides the system the data record (name or module:Class)
 
 
@@ -372,12 +375,29 @@ def _train(args: argparse.Namespace) -> None:
         return
     note(f"train: calibrating the reverse-step noise on "
          f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
-    save(run_, ckpt_path, step, skipped, calibrate(run_))
+    noise = calibrate(run_)
+    save(run_, ckpt_path, step, skipped, noise)
+    check_held_out(args, run_, valid, valid_path, ckpt_path)
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
+
+
+def check_held_out(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
+                   ckpt_path: Path) -> None:
+    """Score the finished model on held-out validation trajectories (x_0 known): coverage, SBC,
+    MSE; write calibration.json beside the checkpoint and print the verdict."""
+    n = min(run_.cfg.heldout_trajectories, valid.x.shape[0])
+    note(f"train: held-out calibration check on {n} validation trajectories")
+    model = load_model(ckpt_path, run_.device)
+    condition = run_.system.condition(valid.extras, str(valid_path))
+    check = held_out_check(model, valid.x[:n].to(run_.device),
+                           None if condition is None else condition[:n].to(run_.device),
+                           torch.Generator(run_.device).manual_seed(run_.cfg.seed))
+    write_text_atomic(args.out / "calibration.json", json.dumps(check, indent=2) + "\n")
+    print(f"held-out check: {check['verdict']}")
 
 
 def _log_lines_upto(log: Path, step: int) -> None:
