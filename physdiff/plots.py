@@ -47,20 +47,24 @@ def posterior_panels(path: Path, observed: Tensor, samples: Tensor, truth: Tenso
         panels.append((f"sample {j + 1}", samples[:, j], "field"))
     fig, axes = plt.subplots(rows, len(panels), figsize=(1.9 * len(panels), 1.9 * rows + 0.3),
                              squeeze=False)
+    last_field = max(j for j, (_, _, kind) in enumerate(panels) if kind == "field")
     for i in range(rows):
         ref = truth[i] if truth is not None else samples[i, 0]
-        lim = float(ref.abs().max())
+        lim = float(ref.abs().max()) or 1.0
         for j, (title, data, kind) in enumerate(panels):
             ax = axes[i, j]
-            if kind == "std":
+            if kind == "std":  # its own scale, its own colorbar
                 im = ax.imshow(data[i].cpu().numpy(), cmap="magma")
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            else:
-                ax.imshow(data[i].cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            else:  # every field of a row on one symmetric scale, one colorbar for the row
+                im = ax.imshow(data[i].cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+                if j == last_field:
+                    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=8)
+        axes[i, 0].set_ylabel(f"observation {i + 1}", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -76,6 +80,7 @@ def power_spectra(path: Path, curves: dict[str, Tensor], n_bins: int | None = No
         ax.semilogy(np.arange(1, bins), amp[1:].numpy(), style, label=name)
     ax.set_xlabel("|k| (radial bin)")
     ax.set_ylabel("mean |x̂_k|")
+    ax.set_title("radially averaged Fourier amplitude (dashed: exact posterior)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

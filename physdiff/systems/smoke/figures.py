@@ -54,10 +54,11 @@ def smoke_panels(path: Path, columns: dict[str, Tensor], geometry: Tensor,
             top = float(field.max()) or 1.0
             im = _show(axes[r, c], field, geometry[r], top if name == std else vmax,
                        "viridis" if name == std else "magma")
-            if name == std:
+            if name == std or c == len(names) - 1:  # std: own scale; the rest share one
                 fig.colorbar(im, ax=axes[r, c], fraction=0.046)
             if r == 0:
                 axes[r, c].set_title(name, fontsize=8)
+        axes[r, 0].set_ylabel(f"observation {r + 1}", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -102,7 +103,9 @@ def inference_figures(out: Path, result: InferenceResult) -> list[str]:
              f"PF-ODE t={t_mid:.2f}": result.ode[mid][:k, 0].cpu()}
     if result.truth is not None:
         cols["truth t=0"] = result.truth["0"][:k, 0].cpu()
-    cols["SDE mean t=0"] = s_0.mean(1)
+    # the data start without smoke; smoke left in the SDE mean at t = 0 is inflow the −dt
+    # physics cannot remove (it adds no inflow backwards) and the score did not fully learn to
+    cols["SDE mean t=0 (inflow not undone)"] = s_0.mean(1)
     smoke_panels(out / "posterior.png", cols, condition[:k].cpu(), std=f"SDE std t={t_mid:.2f}")
     # one reverse trajectory of the first observation (reverse time order), every second frame
     gen = torch.Generator(x_T.device).manual_seed(result.seed)
