@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""What one smoke training update costs, piece by piece, at 64² on this machine.
+"""What one smoke training update costs at 64² on this machine, piece by piece and whole.
 
-Times, on real smoke-64 validation states (t = 0.5): the batched PhiFlow inverse step without
-gradients (the one-step loss's physics), the same step with gradients (item by item with a
-recomputed forward, as in multi-step rollouts; simulators/smoke.py), and a forward + backward
-pass of the U-Net score at the widths of the presets. Prints a table and writes JSON.
+Times, on real smoke-64 states: the batched inverse step without and with gradients
+(simulators/smoke.py, factorised pressure solve), a forward + backward pass of the U-Net score,
+and whole training updates (train.py's own loss: a batch of windows, the rollout, backward) with
+the physics drift and without it (--physics none) at rollouts 1, 4, 8 and 16, side by side in
+one run. Target: an update through the physics costs at most 1.5× a network-only update of the
+same rollout. Prints a table and writes JSON with targets.
 
 Example:
     python benchmarks/smoke_speed.py     # needs datasets/smoke-64 (python benchmarks/smoke.py makes it)
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from common import ROOT, mean_seconds
 
+from physdiff.cli import train
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.nets import GridScoreNet
@@ -31,6 +36,7 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "datasets/smoke-64/valid.h5"))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rollouts", type=int, nargs="+", default=[1, 4, 8, 16])
     args = p.parse_args()
     d = read(args.data, simulator="smoke", limit=args.batch)
     geometry, x = d.extras["geometry"], d.x[:, 50]
@@ -43,7 +49,8 @@ def main() -> None:
         xr = x[:2].clone().requires_grad_(True)
         smoke.step(xr, geometry[:2], 1.0, -1.0).square().sum().backward()
 
-    rows["inverse step with grad, per state"] = mean_seconds(with_grad, args.repeats) / 2
+    rows["inverse step fwd+bwd, per state (2 states)"] = mean_seconds(with_grad,
+                                                                       args.repeats) / 2
     t = torch.full((b,), 0.3)
     for width in (16, 24):
         net = GridScoreNet(3, 1, tuple(x.shape[-2:]), 0.65, 100.0, width=width, depth=1)
@@ -52,13 +59,47 @@ def main() -> None:
             net(x, t, mask).square().mean().backward()
 
         rows[f"U-Net width {width} fwd+bwd, batch {b}"] = mean_seconds(net_step, args.repeats)
+    targets = []
+    for rollout in args.rollouts:
+        cost = {physics: mean_seconds(update(Path(args.data).parent, physics, rollout),
+                                      args.repeats) for physics in ("true", "none")}
+        rows[f"training update, rollout {rollout}, physics"] = cost["true"]
+        rows[f"training update, rollout {rollout}, network only"] = cost["none"]
+        ratio = cost["true"] / cost["none"]
+        targets.append({"name": f"update through the physics / network-only, rollout {rollout}",
+                        "value": ratio, "target": "<= 1.5", "met": ratio <= 1.5})
     for name, value in rows.items():
-        print(f"{name:40s}{value:10.3f} s")
+        print(f"{name:48s}{value:10.3f} s")
+    for t_ in targets:
+        print(f"{t_['name']}: {t_['value']:.2f} (target {t_['target']})")
     out = ROOT / "benchmarks/results/smoke-64/speed.json"
     write_text_atomic(out, json.dumps({"seconds": rows, "version": code_version(),
+                                       "command": "python benchmarks/smoke_speed.py",
                                        "torch_threads": torch.get_num_threads(),
-                                       "flags": vars(args)}, indent=2) + "\n")
+                                       "flags": vars(args), "targets": targets},
+                                      indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def update(data: Path, physics: str, rollout: int) -> Callable[[], None]:
+    """One training update of the smoke-64 preset (batch 8, U-Net width 16) at `rollout`:
+    train.py's own batches and loss, then backward."""
+    args = train.parser().parse_args(["--data", str(data), "--out", "unused", "--preset",
+                                      "smoke-64", "--physics", physics, "--stages",
+                                      f"{rollout}:1", "--device", "cpu"])
+    run_ = train.setup(args)
+    if run_.condition is not None:  # factorise every training geometry once, as a long run has
+        with torch.no_grad():
+            run_.system.physics_drift("true", None, run_.condition)(
+                run_.data.x[:, 0], torch.zeros(run_.data.x.shape[0]))
+    loss_fn = train.loss_function(run_)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        run_.optimizer.zero_grad(set_to_none=True)
+        loss_fn(rollout, gen).backward()
+
+    return step
 
 
 if __name__ == "__main__":
