@@ -64,7 +64,7 @@ def test_generate_recipe_follows_the_heat32_convention(tmp_path: Path) -> None:
     k = torch.fft.fftfreq(32).abs()
     k2 = k[:, None] ** 2 + k[None, :] ** 2
     low = (k2 > 0) & (k2 <= 0.1 ** 2)  # well resolved modes; |k| in cycles per pixel
-    slope = np.polyfit(np.log(k2[low].sqrt()), np.log(power[low]), 1)[0]
+    slope = np.polyfit(np.log(k2[low].sqrt().numpy()), np.log(power[low].numpy()), 1)[0]
     assert abs(slope + 4) < 0.3
     # residual of the exact step is white noise of variance g² dt per pixel
     r = x[:, 1:, 0] - heat.step(x[:, :-1, 0], meta["dt"])
