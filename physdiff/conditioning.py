@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from physdiff.model import Model, sample_posterior
-from physdiff.observations import Identity, Operator, as_operator, check_observations
+from physdiff.observations import Identity, Operator, as_operator, check_observed
 from physdiff.observations import likelihood_score as _likelihood_score
 from physdiff.samplers import randn_like, repeat_samples
 from physdiff.sde import expand_like
@@ -203,7 +203,7 @@ def sample_end_states(
         if state_shape is None:
             raise ValueError(f"{operator!r} does not imply the state's shape: pass state_shape")
     state_shape = tuple(state_shape)
-    sig = check_observations(operator, y, sigma, state_shape)
+    sig = check_observed(operator, y, sigma, state_shape)
     if n < 1 or steps < 8:
         raise ValueError(f"n = {n}, steps = {steps}: expected n >= 1 and steps >= 8")
     if not 0 < step_factor < 2:

@@ -29,7 +29,7 @@ __all__ = [
     "Matrix",
     "Operator",
     "as_operator",
-    "check_observations",
+    "check_observed",
     "dense_matrix",
     "likelihood_score",
 ]
@@ -243,7 +243,7 @@ def _noise_scale(sigma: float | Tensor, observed_shape: Shape) -> Tensor:
     return sigma
 
 
-def check_observations(operator: Operator, y: Tensor, sigma: float | Tensor,
+def check_observed(operator: Operator, y: Tensor, sigma: float | Tensor,
                        state_shape: Sequence[int]) -> Tensor:
     """One-line ValueErrors for observations that do not fit: y (M, *obs) of the operator's
     observed shape and finite; σ_y > 0, or σ_y = 0 with Identity.

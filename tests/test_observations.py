@@ -18,7 +18,7 @@ from physdiff.observations import (
     Identity,
     Mask,
     Matrix,
-    check_observations,
+    check_observed,
     dense_matrix,
     likelihood_score,
 )
@@ -79,7 +79,7 @@ def test_likelihood_score_is_At_residual_over_sigma2(operator: object) -> None:
     x = torch.randn(3, *shape, dtype=F64, generator=gen)
     y = torch.randn(3, *obs, dtype=F64, generator=gen)
     sigma = torch.tensor([0.3, 0.7], dtype=F64)[: obs[0]] if len(obs) > 1 else 0.4
-    s = check_observations(operator, y, sigma, shape)  # type: ignore[arg-type]
+    s = check_observed(operator, y, sigma, shape)  # type: ignore[arg-type]
     var = s.expand(obs).reshape(-1).square()
     expected = ((y.flatten(1) - x.flatten(1) @ a.T) / var) @ a
     score = likelihood_score(operator, y, sigma)(x)  # type: ignore[arg-type]
