@@ -10,7 +10,7 @@ The first argument names the system (default: physdiff.systems.DEFAULT): a built
 installed plug-in's name (entry point group `physdiff.systems`) or package.module:Class. Splits that already exist with the same parameters are kept (an interrupted
 run resumes); each file is written to a temporary name and renamed when complete.
 
-Shards (heat, nbody, smoke: systems that generate in parts, physdiff/systems/generation.py):
+Shards, for systems that generate in parts (physdiff/systems/generation.py; the built-ins do):
     python generate.py SYSTEM ... --out DIR --shard 0/2 &     # every 2nd part, from part 0
     python generate.py SYSTEM ... --out DIR --shard 1/2; wait
     python generate.py SYSTEM ... --out DIR --join            # or without --join: make the
@@ -79,7 +79,7 @@ def parser(system: type[systems.System]) -> argparse.ArgumentParser:
     parts = p.add_mutually_exclusive_group()
     parts.add_argument("--shard", type=shard, metavar="I/N",
                        help="make only every N-th part, starting at part I (no join); for "
-                            "systems that generate in parts (heat, nbody, smoke)")
+                            "systems that generate in parts (the built-ins do)")
     parts.add_argument("--join", action="store_true",
                        help="only join the finished parts into <split>.h5")
     system.add_arguments(p.add_argument_group(system.name or "system"))
