@@ -168,10 +168,12 @@ def sample_posterior(model: Model, x_T: Tensor, n: int, generator: torch.Generat
         corrector = langevin_corrector(score, corrector_snr) if corrector_snr > 0 else None
         noise_fn = model.system.noise(calibration, cb)
         paths = return_paths or not _end_only(keep, stop)
-        path = euler_maruyama(model.drift(c=1.0, condition=cb), xb, ts, model.meta.g,
-                              generator, noise_fn, corrector, return_path=paths)
+        # inference mode: no version counters or view tracking on the many small steps
+        with torch.inference_mode():
+            path = euler_maruyama(model.drift(c=1.0, condition=cb), xb, ts, model.meta.g,
+                                  generator, noise_fn, corrector, return_path=paths)
         out.append(_keep(path, keep, stop) if paths else _as_kept(path, keep))
-    out_ = torch.cat(out)
+    out_ = torch.cat(out)  # outside inference mode: an ordinary tensor that autograd may use
     out_ = out_.reshape(x_T.shape[0], n, *out_.shape[1:])
     if return_paths and keep is None:
         return out_[:, :, 0], out_

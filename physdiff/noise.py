@@ -86,14 +86,24 @@ def spectral_noise(spectra: Tensor) -> Noise:
 
     Step i of a reverse grid t_K -> t_0 goes from t_{K−i} to t_{K−i−1}, data step k = K − 1 − i:
     noise = Re ifft2(√spectra_k · fft2(z) / √(HW)), z ~ N(0, I) real, so E|n̂|² = spectra_k.
+
+    Computed as irfft2(a_k · rfft2(z)) with a_k = √spectra_k / √(HW) symmetrised,
+    a(k) ← (a(k) + a(−k)) / 2 (the real part of ifft2 keeps only that part), on the half plane
+    and in x's dtype, prepared once per device and dtype: the same noise up to float rounding,
+    without full complex (and, for float64 spectra, double-precision) FFTs each step.
     """
-    amplitude = spectra.sqrt()
+    h, w = spectra.shape[-2:]
+    amplitude = spectra.sqrt() / math.sqrt(h * w)
+    mirrored = torch.roll(amplitude.flip(-2, -1), (1, 1), dims=(-2, -1))  # a(−k)
+    half = ((amplitude + mirrored) / 2)[..., : w // 2 + 1]
     n_steps = spectra.shape[0]
+    prepared: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        h, w = x.shape[-2:]
         z = randn_like(x, generator)
-        amp = amplitude[n_steps - 1 - i].to(device=x.device)
-        return torch.fft.ifft2(amp * torch.fft.fft2(z) / math.sqrt(h * w)).real.to(x.dtype)
+        key = (x.device, x.dtype)
+        if key not in prepared:
+            prepared[key] = half.to(device=x.device, dtype=x.dtype)
+        return torch.fft.irfft2(prepared[key][n_steps - 1 - i] * torch.fft.rfft2(z), s=(h, w))
 
     return noise

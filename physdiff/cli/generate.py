@@ -9,12 +9,20 @@ Examples (the README lists every system's recipes and flags):
 The first argument names the system (default: physdiff.systems.DEFAULT): a built-in name, an
 installed plug-in's name (entry point group `physdiff.systems`) or package.module:Class. Splits that already exist with the same parameters are kept (an interrupted
 run resumes); each file is written to a temporary name and renamed when complete.
+
+Shards, for systems that generate in parts (physdiff/systems/generation.py; the built-ins do):
+    python generate.py SYSTEM ... --out DIR --shard 0/2 &     # every 2nd part, from part 0
+    python generate.py SYSTEM ... --out DIR --shard 1/2; wait
+    python generate.py SYSTEM ... --out DIR --join            # or without --join: make the
+                                                              # missing parts, then join
+A killed run resumes from its parts; one run and N shards give bit-identical files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +53,14 @@ def _system_name(argv: Sequence[str]) -> str:
     return systems.DEFAULT
 
 
+def shard(text: str) -> tuple[int, int]:
+    """argparse type: 'I/N' -> (I, N) with 0 <= I < N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if match is None or not int(match[1]) < int(match[2]):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/2), got {text}")
+    return int(match[1]), int(match[2])
+
+
 def parser(system: type[systems.System]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +76,12 @@ def parser(system: type[systems.System]) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive(int), help=f"time steps K, dt = T / K ({d['steps']:g})")
     p.add_argument("--g", type=non_negative(float), help=f"noise scale ({d['g']:g})")
     p.add_argument("--seed", type=int, default=0)
+    parts = p.add_mutually_exclusive_group()
+    parts.add_argument("--shard", type=shard, metavar="I/N",
+                       help="make only every N-th part, starting at part I (no join); for "
+                            "systems that generate in parts (the built-ins do)")
+    parts.add_argument("--join", action="store_true",
+                       help="only join the finished parts into <split>.h5")
     system.add_arguments(p.add_argument_group(system.name or "system"))
     return p
 
@@ -72,7 +94,8 @@ def generate(args: argparse.Namespace) -> None:
     if args.n_train < 2:
         raise UsageError("--n-train: need at least 2 trajectories to normalise")
     # shards of one generation share --out on purpose: one lock per shard
-    with hold(args.out, "generate.py", key=str(getattr(args, "shard", None) or "")):
+    key = "" if args.shard is None else "{}-{}".format(*args.shard)
+    with hold(args.out, "generate.py", key=key):
         system.generate(args, args.simulator, code_version())
 
 

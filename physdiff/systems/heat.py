@@ -17,13 +17,20 @@ from torch import Tensor, nn
 
 from physdiff import metrics, plots
 from physdiff.checks import UsageError, finite, positive
-from physdiff.data import Metadata, up_to_date, write
+from physdiff.data import Metadata
 from physdiff.nets import PeriodicScoreNet
 from physdiff.noise import residual_spectra, spectral_noise
 from physdiff.samplers import Noise
 from physdiff.sde import Drift, as_drift
 from physdiff.systems.base import InferenceResult, System
-from physdiff.systems.generation import SPLITS, simulate_in_chunks, split_generator
+from physdiff.systems.generation import (
+    CHUNK,
+    SPLITS,
+    Part,
+    generate_in_parts,
+    randn_per_simulation,
+    simulation_generator,
+)
 from simulators import heat
 
 __all__ = ["HeatSystem", "augment_periodic"]
@@ -148,32 +155,46 @@ class HeatSystem(System):
     @classmethod
     def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
         """Gaussian random fields, normalised by the training split's scalar mean and std of the
-        initial states (docs/method.md §8), then the exact spectral step plus g √dt z."""
+        initial states (docs/method.md §8), then the exact spectral step plus g √dt z. Each
+        trajectory draws its initial state, then its noise, from its own generator
+        (`simulation_generator`); made in parts of CHUNK trajectories (shards, resume, join:
+        physdiff/systems/generation.py). Every shard draws all training initial states first, so
+        all compute the same normalisation."""
         if args.size % 2 or args.size < 4:
             raise UsageError(f"--size {args.size}: expected an even grid size >= 4")
         dt = args.t_final / args.steps
         counts = dict(zip(SPLITS, (args.n_train, args.n_valid, args.n_test), strict=True))
-        x0 = {s: heat.sample_prior(counts[s], args.size, args.size, args.exponent,
-                                   split_generator(args.seed, i)) for i, s in enumerate(SPLITS)}
-        mean, std = x0["train"].mean().item(), x0["train"].std().item()
+
+        def initial_states(gens: list[torch.Generator]) -> Tensor:  # (n, H, W), float64
+            return torch.cat([heat.sample_prior(1, args.size, args.size, args.exponent, gen)
+                              for gen in gens])
+
+        x0_train = initial_states([simulation_generator(args.seed, SPLITS.index("train"), i)
+                                   for i in range(counts["train"])])
+        mean, std = x0_train.mean().item(), x0_train.std().item()
         if not math.isfinite(std) or std == 0:
             raise UsageError("degenerate dataset: zero or non-finite standard deviation")
         params = {"exponent": args.exponent, "size": args.size, "t_final": args.t_final,
-                  "kappa": 1.0, "domain": "2pi-periodic square"}
-        for i, split in enumerate(SPLITS):
-            path = args.out / f"{split}.h5"
-            meta = Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
-                            seed=args.seed, split=split, norm_mean=mean, norm_std=std,
-                            version=version, params=params)
-            if up_to_date(path, meta, (counts[split], args.steps + 1, 1, args.size, args.size)):
-                print(f"{path}: up to date, kept")
-                continue
-            x = ((x0[split] - mean) / std)[:, None]  # (N, 1, H, W)
-            step = partial(heat.rollout, n_steps=args.steps, dt=dt, g=args.g)
-            write(path, simulate_in_chunks(step, x, split_generator(args.seed, 100 + i),
-                                           split).float(), meta)
-            print(f"{path}: {counts[split]} trajectories, {args.steps} steps of dt={dt:g}, "
-                  f"state (1, {args.size}, {args.size})")
+                  "kappa": 1.0, "domain": "2pi-periodic square",
+                  "seeding": "per trajectory"}
+        metas = {split: Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
+                                 seed=args.seed, split=split, norm_mean=mean, norm_std=std,
+                                 version=version, params=params) for split in SPLITS}
+        scale = args.g * math.sqrt(dt)
+
+        def simulate(part: Part) -> tuple[Tensor, dict[str, Tensor]]:
+            gens = part.generators(args.seed)
+            x = ((initial_states(gens) - mean) / std)[:, None]  # (n, 1, H, W)
+            states = [x]
+            for _ in range(args.steps):
+                z = randn_per_simulation(gens, tuple(x.shape[1:]), x.dtype)
+                x = heat.step(x, dt) + scale * z
+                states.append(x)
+            return torch.stack(states, dim=1).float(), {}
+
+        generate_in_parts(args.out, metas, counts, (1, args.size, args.size), simulate, CHUNK,
+                          getattr(args, "shard", None), getattr(args, "join", False),
+                          label="heat")
         print(f"normalisation: mean={mean:.6g} std={std:.6g} (training split initial states)")
 
     # ----------------------------------------------------------------- figures

@@ -17,7 +17,6 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,13 +25,19 @@ from torch import Tensor, nn
 
 from physdiff import calibration, metrics, plots
 from physdiff.checks import UsageError, non_negative, positive
-from physdiff.data import Metadata, up_to_date, write
+from physdiff.data import Metadata
 from physdiff.nets import PairwiseForce, SetScoreNet
 from physdiff.noise import diagonal_noise, residual_power
 from physdiff.samplers import Noise, randn_like
 from physdiff.sde import Drift, from_inverse_step
 from physdiff.systems.base import InferenceResult, System
-from physdiff.systems.generation import SPLITS, simulate_in_chunks, split_generator
+from physdiff.systems.generation import (
+    CHUNK,
+    SPLITS,
+    Part,
+    generate_in_parts,
+    randn_per_simulation,
+)
 from simulators import nbody
 
 __all__ = ["NBodySystem"]
@@ -211,7 +216,9 @@ class NBodySystem(System):
     def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
         """Positions uniform in a disk, Gaussian velocities, centre of mass at rest at the
         origin; leapfrog with `substeps` substeps per step and velocity kicks g √dt z; raw
-        units (normalisation 0 / 1)."""
+        units (normalisation 0 / 1). Each trajectory draws its initial state, then its kicks,
+        from its own generator (`simulation_generator`); made in parts of CHUNK trajectories
+        (shards, resume, join: physdiff/systems/generation.py)."""
         masses = parse_masses(args.masses, args.bodies)
         dt = args.t_final / args.steps
         m = torch.tensor(masses, dtype=torch.float64)
@@ -219,28 +226,31 @@ class NBodySystem(System):
                   "substeps": args.substeps, "radius": args.radius,
                   "velocity_scale": args.velocity_scale, "t_final": args.t_final, "G": 1.0,
                   "integrator": "leapfrog (kick-drift-kick)",
-                  "noise": "velocity kicks g sqrt(dt) z"}
+                  "noise": "velocity kicks g sqrt(dt) z", "seeding": "per trajectory"}
         counts = dict(zip(SPLITS, (args.n_train, args.n_valid, args.n_test), strict=True))
-        for i, split in enumerate(SPLITS):
-            path = args.out / f"{split}.h5"
-            meta = Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
-                            seed=args.seed, split=split, norm_mean=0.0, norm_std=1.0,
-                            version=version, params=params)
-            if up_to_date(path, meta, (counts[split], args.steps + 1, args.bodies, 4)):
-                print(f"{path}: up to date, kept")
-                continue
-            x0 = nbody.sample_prior(counts[split], args.bodies, m, split_generator(args.seed, i),
-                                    radius=args.radius, velocity_scale=args.velocity_scale)
-            rollout = partial(nbody.rollout, masses=m, n_steps=args.steps, dt=dt, g=args.g,
-                              softening=args.softening, substeps=args.substeps)
-            try:
-                x = simulate_in_chunks(rollout, x0, split_generator(args.seed, 100 + i), split)
-            except ValueError:
-                raise UsageError("non-finite states: the integration blew up (reduce --t-final, "
-                                 "or raise --substeps or --softening)") from None
-            write(path, x.float(), meta)
-            print(f"{path}: {counts[split]} trajectories, {args.steps} steps of dt={dt:g}, "
-                  f"{args.bodies} bodies")
+        metas = {split: Metadata(simulator=system_id, dt=dt, g=args.g, n_steps=args.steps,
+                                 seed=args.seed, split=split, norm_mean=0.0, norm_std=1.0,
+                                 version=version, params=params) for split in SPLITS}
+        acceleration = nbody.gravity(m, args.softening)
+        scale = args.g * math.sqrt(dt)
+
+        def simulate(part: Part) -> tuple[Tensor, dict[str, Tensor]]:
+            gens = part.generators(args.seed)
+            x = torch.cat([nbody.sample_prior(1, args.bodies, m, gen, radius=args.radius,
+                                              velocity_scale=args.velocity_scale)
+                           for gen in gens])  # (n, N, 4), float64
+            states = [x]
+            for _ in range(args.steps):
+                x = nbody.leapfrog(x, dt, acceleration, args.substeps)
+                kick = scale * randn_per_simulation(gens, (args.bodies, 2))
+                x = torch.cat([x[..., :2], x[..., 2:] + kick], dim=-1)
+                states.append(x)
+            return torch.stack(states, dim=1).float(), {}
+
+        generate_in_parts(args.out, metas, counts, (args.bodies, 4), simulate, CHUNK,
+                          getattr(args, "shard", None), getattr(args, "join", False),
+                          label="nbody", blowup=" (the integration blew up: reduce --t-final, "
+                          "or raise --substeps or --softening)")
 
     # ----------------------------------------------------------------- figures
     def figures(self, out: Path, result: InferenceResult) -> list[str]:

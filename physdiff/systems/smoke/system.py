@@ -248,8 +248,6 @@ class SmokeSystem(System):
                            default="maccormack", help="smoke advection scheme")
         group.add_argument("--inflow-rate", type=non_negative(float), default=smoke.INFLOW_RATE,
                            help="smoke added per frame in the inflow sphere while t < 0.2")
-        group.add_argument("--shard", help="I/N: make only every N-th part, starting at I (no join)")
-        group.add_argument("--join", action="store_true", help="only join finished parts")
 
     @classmethod
     def generate(cls, args: argparse.Namespace, system_id: str, version: str) -> None:
