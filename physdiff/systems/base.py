@@ -110,6 +110,19 @@ class System:
             return zero_drift
         raise ValueError(f"--physics {kind}: {self.name} supports {', '.join(self.physics_kinds)}")
 
+    def step(self, x: Tensor) -> Tensor:
+        """The noise-free forward step S_dt, (B, *state) -> (B, *state), for systems without
+        a condition (a system with one has its own signature)."""
+        raise NotImplementedError(f"system '{self.name}' has no unconditioned step")
+
+    def forward_noise_free(self, x_0: Tensor) -> Tensor:
+        """S_T(x_0): `step` applied n_steps times, for re-simulation metrics; systems with a
+        closed-form map to T override it."""
+        x = x_0
+        for _ in range(self.meta.n_steps):
+            x = self.step(x)
+        return x
+
     def physics_net(self, width: int) -> nn.Module:
         """A network P_φ for `--physics learned`."""
         raise ValueError(f"--physics learned: not available for {self.name}")

@@ -81,13 +81,6 @@ class NBodySystem(System):
         """Noise-free forward step S_dt."""
         return nbody.leapfrog(x, self.meta.dt, self.gravity(x), self.substeps)
 
-    def forward_noise_free(self, x_0: Tensor) -> Tensor:
-        """S_T(x_0) for states (..., N, 4)."""
-        x = x_0
-        for _ in range(self.meta.n_steps):
-            x = self.step(x)
-        return x
-
     def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
                       condition: None = None) -> Drift:
         dt, sub = self.meta.dt, self.substeps

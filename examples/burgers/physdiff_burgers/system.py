@@ -87,13 +87,6 @@ class BurgersSystem(System):
         """Noise-free forward step S_dt, (..., N) -> (..., N)."""
         return simulator.step(x, self.meta.dt, self.viscosity, self.substeps)
 
-    def forward_noise_free(self, x_0: Tensor) -> Tensor:
-        """S_dt applied K times: the noise-free forward map to T, (..., N) -> (..., N)."""
-        x = x_0
-        for _ in range(self.meta.n_steps):
-            x = self.step(x)
-        return x
-
     # ----------------------------------------------------------------- physics and networks
     def physics_drift(self, kind: str = "true", physics_net: nn.Module | None = None,
                       condition: Tensor | None = None) -> Drift:
