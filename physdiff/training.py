@@ -48,6 +48,8 @@ def fit(
     start_step: int = 0,
     skipped: int = 0,
     clip: float = 10.0,
+    after_backward: Callable[[], None] | None = None,
+    reduce: Callable[[float], float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the curriculum from `start_step`, yielding metrics after every update.
 
@@ -57,6 +59,10 @@ def fit(
         generator: Owns every random draw of batching, so that a resumed run repeats an
             uninterrupted one exactly (save its state with the checkpoint).
         skipped: Non-finite updates skipped before start_step.
+        after_backward: Called after each backward pass, before clipping (data-parallel
+            training averages the gradients across processes here).
+        reduce: Maps this process's loss to the reported one (the mean across processes), so
+            that every process takes the same skip decision.
 
     Yields:
         {"step", "loss", "rollout", "lr", "skipped"} after each update; "step" counts updates done.
@@ -69,7 +75,10 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(stage.rollout, generator)
         loss.backward()
-        finite = math.isfinite(loss.item())
+        if after_backward is not None:
+            after_backward()
+        value = reduce(loss.item()) if reduce is not None else loss.item()
+        finite = math.isfinite(value)
         for p in parameters:
             if p.grad is not None:
                 finite = finite and bool(torch.isfinite(p.grad).all())
@@ -78,7 +87,7 @@ def fit(
             optimizer.step()
         else:
             skipped += 1
-        yield {"step": step + 1, "loss": loss.item(), "rollout": stage.rollout,
+        yield {"step": step + 1, "loss": value, "rollout": stage.rollout,
                "lr": lr * stage.lr_factor, "skipped": skipped}
 
 

@@ -22,6 +22,7 @@ loss.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -32,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from physdiff import plots, systems
 from physdiff.cli.common import Progress, UsageError, note, positive, run
 from physdiff.data import Metadata, Trajectories, read
+from physdiff.distributed import SINGLE, World, agree, average_gradients, init, mean
 from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
@@ -164,15 +167,19 @@ class Batches:
     uses the given generator."""
 
     def __init__(self, x: torch.Tensor, meta: Metadata, system: Any, device: torch.device,
-                 augment: bool, condition: torch.Tensor | None = None) -> None:
+                 augment: bool, condition: torch.Tensor | None = None,
+                 world: World = SINGLE) -> None:
         self.x, self.meta, self.system, self.device, self.augment = x, meta, system, device, augment
-        self.condition = condition
+        self.condition, self.world = condition, world
 
     def __call__(self, batch_size: int, rollout: int, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         n, k_plus_1 = self.x.shape[:2]
         traj = torch.randint(0, n, (batch_size,), generator=generator)
         end = torch.randint(rollout, k_plus_1, (batch_size,), generator=generator)
+        # every rank draws the same global batch and keeps its slice (physdiff/distributed.py)
+        share = batch_size // self.world.size
+        traj, end = (v[self.world.rank * share:(self.world.rank + 1) * share] for v in (traj, end))
         steps = end[:, None] - rollout + torch.arange(rollout + 1)
         window = self.x[traj[:, None], steps]
         if self.augment:
@@ -196,6 +203,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     device: torch.device
+    world: World = SINGLE
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -209,13 +217,20 @@ class Run:
             self.system.score_fn(self.model, cond), self.data.meta.g, c=1.0)
 
 
-def setup(args: argparse.Namespace) -> Run:
+def setup(args: argparse.Namespace, world: World = SINGLE) -> Run:
     """Read the data, check the curriculum against it, build networks and optimiser."""
     device = pick_device(args.device)
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     data = read(args.data / "train.h5")
     system = systems.for_data(data.meta, tuple(data.x.shape[2:]), args.system)
     cfg = make_config(args, system)
     stages = parse_stages(cfg.stages, cfg.final_lr_factor)
+    if cfg.batch_size % world.size:
+        raise UsageError(f"--batch-size {cfg.batch_size}: must be divisible by the "
+                         f"{world.size} processes (each takes an equal share)")
+    agree([*data.x.shape, float(data.x[:, 0].double().sum()), float(data.x[:, -1].double().sum())],
+          f"the training data ({args.data / 'train.h5'})", world)
     if max(s.rollout for s in stages) > data.meta.n_steps:
         raise UsageError(f"--stages: rollout {max(s.rollout for s in stages)} exceeds the "
                          f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
@@ -228,7 +243,7 @@ def setup(args: argparse.Namespace) -> Run:
     physics_net = (system.physics_net(cfg.physics_width).to(device) if cfg.physics == "learned"
                    else None)
     run_ = Run(cfg, stages, data, system, condition, model, physics_net, None,  # type: ignore[arg-type]
-               torch.Generator().manual_seed(cfg.seed), device)
+               torch.Generator().manual_seed(cfg.seed), device, world)
     run_.optimizer = torch.optim.Adam(run_.params, lr=cfg.lr)
     return run_
 
@@ -248,7 +263,8 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
     run_.optimizer.load_state_dict(state["optimizer"])
     run_.generator.set_state(state["generator"])
     start = state["step"]
-    _log_lines_upto(log_path, start)
+    if run_.world.main:
+        _log_lines_upto(log_path, start)
     complete = (state.get("noise_spectra") is not None
                 and start >= sum(s.steps for s in run_.stages))
     return start, state["skipped"], complete
@@ -258,7 +274,8 @@ def loss_function(run_: Run) -> Callable[[int, torch.Generator], torch.Tensor]:
     """(rollout, generator) -> the loss of a fresh batch of windows (docs/method.md §3), plus the
     forward anchoring loss of a learned physics network."""
     cfg, meta = run_.cfg, run_.data.meta
-    batches = Batches(run_.data.x, meta, run_.system, run_.device, cfg.augment, run_.condition)
+    batches = Batches(run_.data.x, meta, run_.system, run_.device, cfg.augment, run_.condition,
+                      run_.world)
 
     def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
         window, t_end, cond = batches(cfg.batch_size, rollout, gen)
@@ -310,6 +327,7 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
                     state_shape=list(run_.data.x.shape[2:]), version=code_version(),
+                    world_size=run_.world.size,
                     noise_spectra=noise_spectra,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
                              else None))
@@ -327,12 +345,16 @@ def train(args: argparse.Namespace) -> None:
     if args.data.is_file():
         raise UsageError(f"--data {args.data}: expected the folder that holds train.h5 and "
                          "valid.h5, not a file")
-    with hold(args.out, "train.py"):
-        _train(args)
+    world = init(pick_device(args.device))
+    with hold(args.out, "train.py") if world.main else contextlib.nullcontext():
+        _train(args, world)
+    if world.size > 1:
+        dist.barrier()  # the other ranks wait while rank 0 calibrates and writes
+        dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace) -> None:
-    run_ = setup(args)
+def _train(args: argparse.Namespace, world: World) -> None:
+    run_ = setup(args, world)
     valid_path = args.data / "valid.h5"
     valid = read(valid_path, simulator=run_.data.meta.simulator)
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
@@ -345,30 +367,39 @@ def _train(args: argparse.Namespace) -> None:
             print(f"{ckpt_path}: training already complete ({start} updates)")
             return
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "config.json", json.dumps(asdict(run_.cfg), indent=2) + "\n")
+    if world.main:
+        write_text_atomic(args.out / "config.json", json.dumps(asdict(run_.cfg), indent=2) + "\n")
     validate = validation(run_, valid, str(valid_path))
     total = sum(s.steps for s in run_.stages)
     stop_at = min(total, start + args.stop_after) if args.stop_after else total
     interrupted: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
-    bar = Progress("train", total, initial=start)
-    with log_path.open("a") as log:
+    bar = Progress("train", total, initial=start) if world.main else None
+    with log_path.open("a") if world.main else contextlib.nullcontext() as log:
         for metrics in fit(run_.params, loss_function(run_), run_.optimizer, run_.stages,
-                           run_.cfg.lr, run_.generator, start, skipped, run_.cfg.clip):
+                           run_.cfg.lr, run_.generator, start, skipped, run_.cfg.clip,
+                           after_backward=lambda: average_gradients(run_.params, world),
+                           reduce=lambda value: mean(value, world)):
             step, skipped = metrics["step"], metrics["skipped"]
-            if step % run_.cfg.val_every == 0 or step == total:
-                metrics["val_loss"] = validate()
-            if step % 10 == 0 or "val_loss" in metrics:
-                metrics["time"] = round(time.perf_counter() - t0, 2)
-                log.write(json.dumps(metrics) + "\n")
-                log.flush()
-            bar.update(1, loss=f"{metrics['loss']:.4f}", S=metrics["rollout"], skipped=skipped)
-            if step % args.save_every == 0:
-                save(run_, ckpt_path, step, skipped)
-            if step >= stop_at or interrupted:
+            if world.main:
+                if step % run_.cfg.val_every == 0 or step == total:
+                    metrics["val_loss"] = validate()
+                if step % 10 == 0 or "val_loss" in metrics:
+                    metrics["time"] = round(time.perf_counter() - t0, 2)
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
+                bar.update(1, loss=f"{metrics['loss']:.4f}", S=metrics["rollout"],
+                           skipped=skipped)
+                if step % args.save_every == 0:
+                    save(run_, ckpt_path, step, skipped)
+            # every rank stops at the same update (a signal may reach only some of them)
+            if step >= stop_at or mean(float(bool(interrupted)), world) > 0:
                 break
-    bar.close()
+    if bar is not None:
+        bar.close()
+    if not world.main:
+        return
     if step < total:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")

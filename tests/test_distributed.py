@@ -1,0 +1,94 @@
+"""Data-parallel training under torchrun (2 gloo processes on this CPU): one update with 2 ranks
+× b windows equals one single-process update on the same 2b windows; an interrupted and resumed
+2-process run ends with the weights of an uninterrupted one; bad launches fail with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from physdiff.cli import generate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--preset", "tiny", "--stages", "1:2,3:2", "--batch-size", "8", "--device", "cpu"]
+
+
+def torchrun(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(ROOT / "train.py"), *argv],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=check)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "data"
+    generate.main(["heat", "--n-train", "12", "--n-valid", "2", "--n-test", "2", "--size", "8",
+                   "--steps", "4", "--t-final", "0.05", "--out", str(out)])
+    return out
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data: Path) -> Path:
+    out = data.parent / "ddp"
+    torchrun("--data", str(data), "--out", str(out), *ARGS)
+    return out
+
+
+def test_two_ranks_equal_one_process_on_the_same_global_batch(data: Path, ddp_run: Path) -> None:
+    single = data.parent / "single"
+    train.main(["--data", str(data), "--out", str(single), *ARGS])
+    a, b = weights(single), weights(ddp_run)
+    state = torch.load(ddp_run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["world_size"] == 2  # the work really was split
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    # the zero-initialised output layer moved: the comparison is not of two untouched nets
+    assert a["out.weight"].abs().sum() > 0
+
+
+def test_interrupted_and_resumed_ddp_run_matches_uninterrupted(data: Path, ddp_run: Path) -> None:
+    out = data.parent / "ddp-resumed"
+    torchrun("--data", str(data), "--out", str(out), *ARGS, "--stop-after", "3")
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    torchrun("--data", str(data), "--out", str(out), *ARGS, "--resume")
+    a, b = weights(ddp_run), weights(out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+def test_batch_not_divisible_by_world_is_one_line_and_no_hang(data: Path, tmp_path: Path) -> None:
+    done = torchrun("--data", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                    "--batch-size", "5", "--device", "cpu", check=False)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "--batch-size 5" in ours[0] and "2 processes" in ours[0]
+
+
+def test_each_rank_takes_its_slice_of_the_same_global_batch(data: Path) -> None:
+    """What makes 2 × b equal to 1 × 2b: the ranks' windows are the two halves of the single
+    process's batch, drawn with the same generator (and the same augmentation)."""
+    from physdiff.data import read
+    from physdiff.distributed import SINGLE, World
+    from physdiff.systems import for_data
+
+    d = read(data / "train.h5")
+    system = for_data(d.meta, tuple(d.x.shape[2:]))
+
+    def draw(world: World) -> torch.Tensor:
+        batches = train.Batches(d.x, d.meta, system, torch.device("cpu"), True, None, world)
+        return batches(8, 2, torch.Generator().manual_seed(5))[0]
+
+    whole = draw(SINGLE)
+    halves = torch.cat([draw(World(0, 2)), draw(World(1, 2))])
+    assert torch.equal(whole, halves) and whole.shape[0] == 8
