@@ -44,8 +44,9 @@ class SmokeSystem(System):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # smoke-64: a U-Net of width 16, the one-step loss, then rollouts through the
         # differentiable step grown to 16 (docs/method.md §3). With the factorised pressure
-        # solve (simulators/smoke_pressure.py) an update costs about 0.3 s at rollout 1 and
-        # 3 s at 16 on one CPU thread (python benchmarks/smoke_speed.py): about an hour.
+        # solve (simulators/smoke_pressure.py) an update costs 0.15 s at rollout 1 and 2.6 s
+        # at 16 on one CPU thread (python benchmarks/smoke_speed.py); the whole curriculum took
+        # 67 min beside a second training (python benchmarks/smoke.py).
         "smoke-64": {"stages": "1:2500,4:500,8:600,16:400", "batch_size": 8, "lr": 1e-3,
                      "width": 16, "depth": 1, "val_every": 500, "val_trajectories": 4,
                      "val_chunk": 2, "calibration_trajectories": 64},
