@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,13 @@ import torch
 import torch.distributed as dist
 
 from physdiff import plots, systems
-from physdiff.cli.common import Progress, UsageError, note, positive, run
+from physdiff.cli.common import Progress, UsageError, note, run
+from physdiff.cli.train_config import (
+    TrainConfig,
+    make_config,
+    parse_stages,
+)
+from physdiff.cli.train_config import parser as _parser
 from physdiff.data import Metadata, Trajectories, read
 from physdiff.distributed import SINGLE, World, agree, average_gradients, init, mean
 from physdiff.heldout import held_out_check
@@ -48,118 +54,11 @@ from physdiff.runtime import code_version, pick_device
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
 
-# presets every system has; a system adds its own (System.presets)
-GENERIC_PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: for tests
-    "tiny": {"stages": "1:6,2:4", "batch_size": 4, "lr": 1e-3, "width": 4, "depth": 1},
-}
-
-
-def presets(system: type[systems.System] | systems.System) -> dict[str, dict[str, Any]]:
-    """The --preset names a system's data accept: the generic ones and the system's own."""
-    return {**GENERIC_PRESETS, **system.presets}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str
-    stages: str = "1:3000,4:500,8:500"
-    batch_size: int = 32
-    lr: float = 1e-3
-    final_lr_factor: float = 0.5
-    clip: float = 10.0
-    width: int = 32
-    depth: int = 4
-    spectral: bool = True
-    method: str = "euler"
-    augment: bool = True
-    val_every: int = 250
-    seed: int = 0
-    calibration_trajectories: int = 512
-    physics: str = "true"
-    physics_width: int = 64
-    anchor_weight: float = 1.0
-    val_trajectories: int = 64
-    val_chunk: int = 64
-    heldout_trajectories: int = 32  # validation trajectories for the held-out calibration check
-    system: str | None = None  # overrides the system the data record (name or module:Class)
-
-
-def parse_stages(text: str, final_lr_factor: float) -> list[Stage]:
-    """'ROLLOUT:STEPS[:LR_FACTOR],...' -> stages; the last stage without an explicit factor gets
-    `final_lr_factor`, the others 1."""
-    stages = []
-    try:
-        for item in text.split(","):
-            parts = item.split(":")
-            if len(parts) not in (2, 3):
-                raise ValueError
-            factor = float(parts[2]) if len(parts) == 3 else None
-            stages.append((int(parts[0]), int(parts[1]), factor))
-    except ValueError:
-        raise UsageError(f"--stages {text!r}: expected ROLLOUT:STEPS[:LR_FACTOR],...") from None
-    if not stages or any(r < 1 or n < 1 or (f is not None and f <= 0) for r, n, f in stages):
-        raise UsageError(f"--stages {text!r}: rollouts and step counts must be >= 1, learning-"
-                         "rate factors > 0")
-    last = len(stages) - 1
-    return [Stage(r, n, f if f is not None else (final_lr_factor if i == last else 1.0))
-            for i, (r, n, f) in enumerate(stages)]
+__all__ = ["Batches", "Run", "loss_function", "main", "parse_stages", "parser", "setup"]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder with train.h5 and valid.h5")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--preset", help="defaults for the flags below: 'tiny' or one of the data's "
-                   "system (e.g. 'demo'; an unknown name lists them)")
-    p.add_argument("--stages", help="curriculum ROLLOUT:STEPS[:LR_FACTOR],... "
-                   "(default 1:3000,4:500,8:500)")
-    p.add_argument("--batch-size", type=positive(int))
-    p.add_argument("--lr", type=positive(float), help="Adam learning rate")
-    p.add_argument("--final-lr-factor", type=positive(float), default=0.5,
-                   help="learning-rate factor of the last stage, unless it names its own")
-    p.add_argument("--clip", type=positive(float), default=10.0, help="element-wise grad clip")
-    p.add_argument("--width", type=positive(int))
-    p.add_argument("--depth", type=positive(int))
-    p.add_argument("--no-spectral", dest="spectral", action="store_false",
-                   help="drop the network's Fourier-multiplier branch")
-    p.add_argument("--method", default="euler", choices=["euler", "midpoint", "rk4"],
-                   help="torchdiffeq method of multi-step rollouts (euler = discrete steps)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random rotations / flips / translations")
-    p.add_argument("--val-every", type=positive(int), help="validate every N updates (250)")
-    p.add_argument("--save-every", type=positive(int), default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--physics", choices=["true", "learned", "none"],
-                   help="physics drift: the simulator, a network learned jointly, or none "
-                   "(default true)")
-    p.add_argument("--physics-width", type=positive(int), help="learned physics MLP width (64)")
-    p.add_argument("--anchor-weight", type=positive(float),
-                   help="weight of the forward one-step loss of learned physics (1)")
-    p.add_argument("--calibration-trajectories", type=positive(int),
-                   help="training trajectories used to calibrate the reverse-step noise (512)")
-    p.add_argument("--system", help="the System class for these data, if not the one they "
-                   "record: a name or package.module:Class")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--stop-after", type=positive(int),
-                   help="stop (with a checkpoint) after this many updates in this invocation")
-    return p
-
-
-def make_config(args: argparse.Namespace, system: systems.System) -> TrainConfig:
-    known = presets(system)
-    if args.preset is not None and args.preset not in known:
-        raise UsageError(f"--preset {args.preset}: {system.name} data take "
-                         f"{', '.join(sorted(known))}")
-    values = dict(known[args.preset]) if args.preset else {}
-    for f in fields(TrainConfig):
-        given = getattr(args, f.name, None)
-        if given is not None:  # preset keys have no argparse default: given means typed
-            values[f.name] = given
-    values["data"] = str(args.data)
-    return TrainConfig(**values)
+    return _parser(__doc__)
 
 
 class Batches:
@@ -404,14 +303,21 @@ def _train(args: argparse.Namespace, world: World) -> None:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")
         return
-    note(f"train: calibrating the reverse-step noise on "
-         f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
-    noise = calibrate(run_)
-    save(run_, ckpt_path, step, skipped, noise)
-    check_held_out(args, run_, valid, valid_path, ckpt_path)
+    finish(args, run_, valid, valid_path, skipped, validate)
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")
+
+
+def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
+           skipped: int, validate: Callable[[], float]) -> None:
+    """After the last update (rank 0): calibrate the reverse-step noise, save the final
+    checkpoint, run the held-out calibration check and draw loss.png."""
+    ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
+    note(f"train: calibrating the reverse-step noise on "
+         f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
+    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, calibrate(run_))
+    check_held_out(args, run_, valid, valid_path, ckpt_path)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
 
