@@ -204,12 +204,7 @@ def sample_end_states(
             raise ValueError(f"{operator!r} does not imply the state's shape: pass state_shape")
     state_shape = tuple(state_shape)
     sig = check_observed(operator, y, sigma, state_shape)
-    if n < 1 or steps < 8:
-        raise ValueError(f"n = {n}, steps = {steps}: expected n >= 1 and steps >= 8")
-    if not 0 < step_factor < 2:
-        raise ValueError(f"step_factor {step_factor}: expected 0 < step_factor < 2")
-    if not 0 <= burn_in < 1:
-        raise ValueError(f"burn_in {burn_in}: expected 0 <= burn_in < 1")
+    _check_settings(n, steps, step_factor, burn_in)
     m = y.shape[0]
     if isinstance(operator, Identity) and (sig == 0).all():
         draws = y[:, None].expand(m, n, *y.shape[1:]).clone()
@@ -223,18 +218,7 @@ def sample_end_states(
     def score(x: Tensor) -> Tensor:
         return prior_score(x) + likelihood(x)
 
-    x = torch.zeros((m * n, *state_shape), dtype=y.dtype, device=y.device)
-    if init is not None:
-        init = init.to(device=y.device, dtype=y.dtype)
-        if tuple(init.shape) == (m, *state_shape):
-            init = repeat_samples(init, n)
-        elif tuple(init.shape) == (m, n, *state_shape):
-            init = init.reshape(m * n, *state_shape)
-        else:
-            raise ValueError(f"init has shape {tuple(init.shape)}, expected {(m, *state_shape)} "
-                             f"or {(m, n, *state_shape)}")
-        x = x + init
-    x = x + init_scale * randn_like(x, generator)
+    x = _start_states(y, n, state_shape, init, init_scale, generator)
 
     def step_size(x: Tensor) -> tuple[Tensor, Tensor]:
         q = _largest_curvature(score, x, precondition, power_iterations, generator)
@@ -245,8 +229,6 @@ def sample_end_states(
         return step_factor / q, q
 
     kept = steps - int(burn_in * steps)
-    if kept < 4:
-        raise ValueError(f"steps = {steps} with burn_in = {burn_in} keep {kept} < 4 steps")
     eps, _ = step_size(x)
     x = _leimkuhler_matthews(score, x, repeat_samples(eps, n), steps - kept, precondition,
                              generator)
@@ -269,6 +251,38 @@ def sample_end_states(
     stats = torch.stack(traces, dim=-1).reshape(m, n, len(STATISTICS), -1)
     rhat = split_rhat(stats.transpose(1, 2).double()).to(y.dtype)
     return x.reshape(m, n, *state_shape), Diagnostics(rhat, eps, q)
+
+
+def _check_settings(n: int, steps: int, step_factor: float, burn_in: float) -> None:
+    """One-line errors for sampler settings that cannot work."""
+    if n < 1 or steps < 8:
+        raise ValueError(f"n = {n}, steps = {steps}: expected n >= 1 and steps >= 8")
+    if not 0 < step_factor < 2:
+        raise ValueError(f"step_factor {step_factor}: expected 0 < step_factor < 2")
+    if not 0 <= burn_in < 1:
+        raise ValueError(f"burn_in {burn_in}: expected 0 <= burn_in < 1")
+    kept = steps - int(burn_in * steps)
+    if kept < 4:
+        raise ValueError(f"steps = {steps} with burn_in = {burn_in} keep {kept} < 4 steps")
+
+
+def _start_states(y: Tensor, n: int, state_shape: tuple[int, ...], init: Tensor | None,
+                  init_scale: float, generator: torch.Generator | None) -> Tensor:
+    """The chains' start: `init` ((M, *state) or (M, n, *state); zeros if None) plus
+    init_scale · N(0, I), flattened to (M·n, *state)."""
+    m = y.shape[0]
+    x = torch.zeros((m * n, *state_shape), dtype=y.dtype, device=y.device)
+    if init is not None:
+        init = init.to(device=y.device, dtype=y.dtype)
+        if tuple(init.shape) == (m, *state_shape):
+            init = repeat_samples(init, n)
+        elif tuple(init.shape) == (m, n, *state_shape):
+            init = init.reshape(m * n, *state_shape)
+        else:
+            raise ValueError(f"init has shape {tuple(init.shape)}, expected {(m, *state_shape)} "
+                             f"or {(m, n, *state_shape)}")
+        x = x + init
+    return x + init_scale * randn_like(x, generator)
 
 
 def _check_finite(x: Tensor, step_factor: float) -> None:
