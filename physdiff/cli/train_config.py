@@ -103,6 +103,8 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--physics-width", type=positive(int), help="learned physics MLP width (64)")
     p.add_argument("--anchor-weight", type=positive(float),
                    help="weight of the forward one-step loss of learned physics (1)")
+    p.add_argument("--heldout-trajectories", type=positive(int),
+                   help="validation trajectories of the held-out calibration check (32)")
     p.add_argument("--calibration-trajectories", type=positive(int),
                    help="training trajectories used to calibrate the reverse-step noise (512)")
     p.add_argument("--system", help="the System class for these data, if not the one they "
