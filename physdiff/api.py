@@ -48,7 +48,8 @@ class Posterior:
         return self.model.meta.times()
 
     def normalise(self, x_raw: Tensor) -> Tensor:
-        return (x_raw - self.model.meta.norm_mean) / self.model.meta.norm_std
+        """Raw-unit states -> the training data's normalised units."""
+        return self.model.normalise(x_raw)
 
     def _prepare(self, x_T: Tensor, condition: Tensor | None) -> tuple[Tensor, Tensor | None]:
         device = next(self.model.score.parameters()).device

@@ -39,6 +39,10 @@ class Model:
     def physics(self) -> str:
         return self.config.get("physics", "true")
 
+    def normalise(self, x_raw: Tensor) -> Tensor:
+        """Raw-unit states -> the training data's normalised units."""
+        return (x_raw - self.meta.norm_mean) / self.meta.norm_std
+
     def drift(self, c: float = 1.0, score: Drift | None = None,
               condition: Tensor | None = None) -> Drift:
         """Reverse drift P − c g² s, bound to a batch's condition (None for most systems)."""

@@ -117,7 +117,7 @@ def observations(args: argparse.Namespace, model: Model
     x_T = x_T[:args.limit]
     condition = None if condition is None else condition[:args.limit]
     if args.raw:
-        x_T = (x_T - model.meta.norm_mean) / model.meta.norm_std
+        x_T = model.normalise(x_T)
     return x_T, condition, None, source
 
 

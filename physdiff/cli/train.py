@@ -49,7 +49,7 @@ from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
 from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
-from physdiff.model import load_model
+from physdiff.model import Model
 from physdiff.runtime import code_version, pick_device
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
@@ -303,32 +303,36 @@ def _train(args: argparse.Namespace, world: World) -> None:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")
         return
-    finish(args, run_, valid, valid_path, skipped, validate)
+    finish(args, run_, valid, valid_path, skipped)
     print(f"trained {total} updates ({skipped} skipped as non-finite) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")
 
 
 def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
-           skipped: int, validate: Callable[[], float]) -> None:
+           skipped: int) -> None:
     """After the last update (rank 0): calibrate the reverse-step noise, save the final
     checkpoint, run the held-out calibration check and draw loss.png."""
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
     note(f"train: calibrating the reverse-step noise on "
          f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
-    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, calibrate(run_))
-    check_held_out(args, run_, valid, valid_path, ckpt_path)
+    noise = calibrate(run_)
+    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise)
+    check_held_out(args, run_, valid, valid_path, noise)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
 
 
 def check_held_out(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
-                   ckpt_path: Path) -> None:
+                   noise: torch.Tensor) -> None:
     """Score the finished model on held-out validation trajectories (x_0 known): coverage, SBC,
     MSE; write calibration.json beside the checkpoint and print the verdict."""
     n = min(run_.cfg.heldout_trajectories, valid.x.shape[0])
     note(f"train: held-out calibration check on {n} validation trajectories")
-    model = load_model(ckpt_path, run_.device)
+    # the trained networks as they are, not reloaded from the checkpoint just written
+    physics_net = run_.physics_net.eval() if run_.physics_net is not None else None
+    model = Model(run_.model.eval(), run_.system, run_.data.meta, noise, asdict(run_.cfg),
+                  physics_net)
     condition = run_.system.condition(valid.extras, str(valid_path))
     check = held_out_check(model, valid.x[:n].to(run_.device),
                            None if condition is None else condition[:n].to(run_.device),
