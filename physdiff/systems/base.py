@@ -91,7 +91,8 @@ class System:
         `simulator` is `system_id`, keeping splits that are already up to date.
 
         `args` holds the flags every system has: out (Path), n_train, n_valid, n_test (ints
-        >= 1, n_train >= 2), t_final (> 0), steps (int > 0), g (>= 0), seed (int), with
+        >= 1, n_train >= 2), t_final (> 0), steps (int > 0), g (>= 0), seed (int), shard
+        ((I, N) or None) and join (bool) for generation in parts (generation.py), with
         `generate_defaults` filled in, plus the system's own flags from `add_arguments`.
         Check parameters and raise UsageError before writing anything."""
         raise NotImplementedError(f"system '{cls.name}' cannot generate data")

@@ -193,7 +193,7 @@ class HeatSystem(System):
             return torch.stack(states, dim=1).float(), {}
 
         generate_in_parts(args.out, metas, counts, (1, args.size, args.size), simulate, CHUNK,
-                          getattr(args, "shard", None), getattr(args, "join", False),
+                          args.shard, args.join,
                           label="heat")
         print(f"normalisation: mean={mean:.6g} std={std:.6g} (training split initial states)")
 

@@ -241,7 +241,7 @@ class NBodySystem(System):
             return torch.stack(states, dim=1).float(), {}
 
         generate_in_parts(args.out, metas, counts, (args.bodies, 4), simulate, CHUNK,
-                          getattr(args, "shard", None), getattr(args, "join", False),
+                          args.shard, args.join,
                           label="nbody", blowup=" (the integration blew up: reduce --t-final, "
                           "or raise --substeps or --softening)")
 

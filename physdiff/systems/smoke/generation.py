@@ -85,6 +85,6 @@ def generate_smoke(args: argparse.Namespace, system_id: str, version: str) -> No
         return x, {"geometry": geometry, "mask": mask}
 
     generate_in_parts(args.out, metas, counts, (3, args.resolution, args.resolution),
-                      simulate_part, PART, getattr(args, "shard", None),
-                      getattr(args, "join", False), label="smoke",
+                      simulate_part, PART, args.shard,
+                      args.join, label="smoke",
                       describe=", obstacles in /geometry and /mask")
