@@ -111,7 +111,8 @@ def test_long_work_reports_progress_off_a_terminal(run: Path, tmp_path: Path,
                 "--device", "cpu"])
     err = capsys.readouterr().err
     assert "train: 10/10" in err and "calibrating" in err
-    for phase in ("infer: reverse SDE", "infer: probability-flow ODE", "infer: figures"):
+    for phase in ("infer: reverse SDE", "the probability-flow ODE", "infer: 1/1",
+                  "infer: figures"):
         assert phase in err
 
 

@@ -21,6 +21,7 @@ record the checkpoint, flags and code version), metrics.json, and the system's f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +29,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from physdiff.cli.common import UsageError, non_negative, note, positive, read_observed_h5, run
+from physdiff.chunks import chunk_generator, gather_chunks, observation_chunks, run_chunks
+from physdiff.cli.common import (
+    Progress,
+    UsageError,
+    non_negative,
+    note,
+    positive,
+    read_observed_h5,
+    run,
+)
+from physdiff.distributed import SINGLE, World, agree, init
 from physdiff.io import write_h5_atomic, write_text_atomic
 from physdiff.lock import hold
 from physdiff.model import (
@@ -122,50 +134,88 @@ def observations(args: argparse.Namespace, model: Model
 
 
 def run_samplers(args: argparse.Namespace, model: Model, x_T: torch.Tensor,
-                 condition: torch.Tensor | None) -> tuple[InferenceResult, float, float]:
-    """SDE samples, PF-ODE and mean path at the system's report times; (result, s SDE, s ODE)."""
+                 condition: torch.Tensor | None, world: World = SINGLE
+                 ) -> tuple[InferenceResult | None, float, float]:
+    """SDE samples, PF-ODE and mean path at the system's report times; (result, s SDE, s ODE).
+
+    The observations go in chunks with their own seeds (physdiff/chunks.py), shared among the
+    processes of a torchrun launch; rank 0 gets the whole result, the others None."""
     system = model.system
     labels = system.report_times()
     keep = list(labels.values())
     n = args.n_samples or system.default_samples
     batch = args.batch_size or system.default_batch_size
-    gen = torch.Generator(x_T.device).manual_seed(args.seed)
-    paths = None
-    note(f"infer: reverse SDE, {n} samples for each of {x_T.shape[0]} observations")
-    if system.keep_paths:  # small states: keep the whole reverse paths
-        (_, paths), t_sde = timed(lambda: sample_posterior(
-            model, x_T, n, gen, args.noise, args.corrector_snr, batch, progress=True,
-            return_paths=True, condition=condition))
-        samples = paths[:, :, keep]
-    else:
-        samples, t_sde = timed(lambda: sample_posterior(
-            model, x_T, n, gen, args.noise, args.corrector_snr, batch, progress=True,
-            condition=condition, keep=keep))
-    note("infer: probability-flow ODE and conditional-mean path")
-    ode, t_ode = timed(lambda: reconstruct(model, x_T, "ode", args.ode_method, batch,
-                                           condition=condition, keep=keep))
-    mean = reconstruct(model, x_T, "mean", batch_size=batch, condition=condition, keep=keep)
+    chunks = observation_chunks(x_T.shape[0], n, batch)
+    if world.main:
+        note(f"infer: reverse SDE, {n} samples for each of {x_T.shape[0]} observations, then "
+             "the probability-flow ODE and the conditional-mean path"
+             + (f", {len(chunks)} chunks over {world.size} processes" if world.size > 1 else ""))
+    bar = Progress("infer", -(-(len(chunks) - world.rank) // world.size)) if world.main else None
+
+    def work(i: int) -> dict[str, Any]:
+        sl = chunks[i]
+        xs, cs = x_T[sl], None if condition is None else condition[sl]
+        gen = chunk_generator(args.seed, i, x_T.device)
+        kw = {"progress": False, "condition": cs}
+        if system.keep_paths:  # small states: keep the whole reverse paths
+            (_, paths), t_sde = timed(lambda: sample_posterior(
+                model, xs, n, gen, args.noise, args.corrector_snr, batch, return_paths=True,
+                **kw))
+            samples = paths[:, :, keep]
+        else:
+            paths = None
+            samples, t_sde = timed(lambda: sample_posterior(
+                model, xs, n, gen, args.noise, args.corrector_snr, batch, keep=keep, **kw))
+        ode, t_ode = timed(lambda: reconstruct(model, xs, "ode", args.ode_method, batch,
+                                               condition=cs, keep=keep))
+        mean = reconstruct(model, xs, "mean", batch_size=batch, condition=cs, keep=keep)
+        return {"samples": samples.cpu(), "paths": None if paths is None else paths.cpu(),
+                "ode": ode.cpu(), "mean": mean.cpu(), "t_sde": t_sde, "t_ode": t_ode}
+
+    parts = gather_chunks(run_chunks(len(chunks), work, world,
+                                     None if bar is None else bar.update), len(chunks), world)
+    if bar is not None:
+        bar.close()
+    if parts is None:
+        return None, 0.0, 0.0
+    cat = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]).to(x_T.device)
+           for k in ("samples", "paths", "ode", "mean")}
+    # wall time of the processes working side by side: the busiest one's
+    busy = [sum(p[k] for i, p in enumerate(parts) if i % world.size == r)
+            for k in ("t_sde", "t_ode") for r in range(world.size)]
+    t_sde, t_ode = max(busy[:world.size]), max(busy[world.size:])
+
     def by_label(x: torch.Tensor, dim: int) -> dict[str, torch.Tensor]:
         return {label: x.select(dim, i) for i, label in enumerate(labels)}
 
-    result = InferenceResult(model, x_T, condition, by_label(samples, 2), by_label(ode, 1),
-                             by_label(mean, 1), paths=paths, noise=args.noise, seed=args.seed)
+    result = InferenceResult(model, x_T, condition, by_label(cat["samples"], 2),
+                             by_label(cat["ode"], 1), by_label(cat["mean"], 1),
+                             paths=cat["paths"], noise=args.noise, seed=args.seed)
     return result, t_sde, t_ode
 
 
 def infer(args: argparse.Namespace) -> None:
     device = pick_device(args.device)  # a bad --device is refused before the lock or any work
-    with hold(args.out, "infer.py"):
-        _infer(args, device)
+    world = init(device)  # torchrun: the observations are shared among the processes
+    if world.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    with hold(args.out, "infer.py") if world.main else contextlib.nullcontext():
+        _infer(args, device, world)
+    if world.size > 1:
+        dist.destroy_process_group()
 
 
-def _infer(args: argparse.Namespace, device: torch.device) -> None:
+def _infer(args: argparse.Namespace, device: torch.device, world: World = SINGLE) -> None:
     model = load_model(args.checkpoint, device, args.system)
     x_T, condition, trajectories, source = observations(args, model)
     check_observations(x_T, model, source)
+    agree([float(x_T.double().sum()), float(x_T.shape[0])], f"the observations ({source})",
+          world)
     x_T = x_T.to(device)
     condition = None if condition is None else condition.to(device)
-    result, t_sde, t_ode = run_samplers(args, model, x_T, condition)
+    result, t_sde, t_ode = run_samplers(args, model, x_T, condition, world)
+    if result is None:  # not rank 0: its chunks went to rank 0, which writes every file
+        return
     labels = model.system.report_times()
     if trajectories is not None:
         result.trajectories = trajectories
