@@ -77,3 +77,25 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
     torch.save({"model": {}, "config": object(), "step": 0}, tmp_path / "pickle.pt")
     with pytest.raises(CheckpointError, match="pickle.pt"):
         load_checkpoint(tmp_path / "pickle.pt")
+
+
+def test_one_step_term_of_a_window_is_the_mean_of_its_pairs_one_step_losses() -> None:
+    """--one-step-weight adds the teacher-forced one-step loss of all S pairs of a window at
+    once: each pair must see its own time t_{k-S+j+1}, as one_step_loss on that pair alone."""
+    from types import SimpleNamespace
+
+    from physdiff.cli.train import _pairs_loss
+    from physdiff.losses import one_step_loss
+
+    dt, g = 0.1, 0.3
+    meta = SimpleNamespace(dt=dt, g=g)
+
+    def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # time-dependent on purpose
+        return x * t.reshape(-1, 1) ** 2 + t.reshape(-1, 1)
+
+    run_ = SimpleNamespace(data=SimpleNamespace(meta=meta), drift_for=lambda cond: drift)
+    window = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(0))  # S = 4
+    t_end = torch.tensor([0.4, 0.7, 1.0])
+    each = [one_step_loss(drift, window[:, j], window[:, j + 1], t_end - (3 - j) * dt, dt, g)
+            for j in range(4)]
+    torch.testing.assert_close(_pairs_loss(run_, window, t_end, None), torch.stack(each).mean())

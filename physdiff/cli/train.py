@@ -183,6 +183,8 @@ def loss_function(run_: Run) -> Callable[[int, torch.Generator], torch.Tensor]:
             loss = one_step_loss(drift, window[:, 0], window[:, 1], t_end, meta.dt, meta.g)
         else:
             loss = multi_step_loss(drift, window, t_end, meta.dt, meta.g, cfg.method)
+            if cfg.one_step_weight > 0:
+                loss = loss + cfg.one_step_weight * _pairs_loss(run_, window, t_end, cond)
         if run_.physics_net is not None:  # anchor P_φ on the forward steps of the same windows
             pairs = window[:, :2] if rollout == 1 else window
             loss = loss + cfg.anchor_weight * forward_loss(
@@ -191,6 +193,17 @@ def loss_function(run_: Run) -> Callable[[int, torch.Generator], torch.Tensor]:
         return loss
 
     return loss_fn
+
+
+def _pairs_loss(run_: Run, window: torch.Tensor, t_end: torch.Tensor,
+                cond: torch.Tensor | None) -> torch.Tensor:
+    """The one-step loss on all S pairs of (B, S + 1, *) windows at once (teacher forcing)."""
+    meta, s = run_.data.meta, window.shape[1] - 1
+    offsets = meta.dt * torch.arange(s - 1, -1, -1, device=window.device, dtype=t_end.dtype)
+    t_next = (t_end[:, None] - offsets).flatten()
+    cond = None if cond is None else cond.repeat_interleave(s, 0)
+    return one_step_loss(run_.drift_for(cond), window[:, :-1].flatten(0, 1),
+                         window[:, 1:].flatten(0, 1), t_next, meta.dt, meta.g)
 
 
 def validation(run_: Run, valid: Trajectories, source: str) -> Callable[[], float]:

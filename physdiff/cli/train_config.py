@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from physdiff import systems
-from physdiff.checks import UsageError, positive
+from physdiff.checks import UsageError, non_negative, positive
 from physdiff.training import Stage
 
 __all__ = ["GENERIC_PRESETS", "TrainConfig", "make_config", "parse_stages", "parser", "presets"]
@@ -45,6 +45,7 @@ class TrainConfig:
     physics: str = "true"
     physics_width: int = 64
     anchor_weight: float = 1.0
+    one_step_weight: float = 0.0  # teacher-forced one-step loss on every pair of a window
     val_trajectories: int = 64
     val_chunk: int = 64
     heldout_trajectories: int = 32  # validation trajectories for the held-out calibration check
@@ -92,6 +93,10 @@ def parser(description: str = "") -> argparse.ArgumentParser:
                    help="drop the network's Fourier-multiplier branch")
     p.add_argument("--method", default="euler", choices=["euler", "midpoint", "rk4"],
                    help="torchdiffeq method of multi-step rollouts (euler = discrete steps)")
+    p.add_argument("--one-step-weight", type=non_negative(float),
+                   help="in multi-step stages, add this weight times the one-step loss on every "
+                   "pair of the window (keeps the per-step kernel, which the probability-flow "
+                   "ODE needs, accurate; default 0)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random rotations / flips / translations")
     p.add_argument("--val-every", type=positive(int), help="validate every N updates (250)")
