@@ -24,13 +24,9 @@ from physdiff.io import write_text_atomic
 from simulators import heat
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("split", type=Path, help="a heat dataset split (.h5)")
-    p.add_argument("--limit", type=int, help="first N trajectories only")
-    args = p.parse_args()
-    data = read(args.split, simulator="heat", limit=args.limit)
+def oracles(split: Path, limit: int | None = None) -> dict[str, float | int | str]:
+    """The oracle figures of a heat split (first `limit` trajectories), as the module says."""
+    data = read(split, simulator="heat", limit=limit)
     m = data.meta
     size, dt, g, k_steps = data.x.shape[-1], m.dt, m.g, m.n_steps
     prior = heat.GaussianPrior.from_normalisation(size, size, float(m.params["exponent"]),
@@ -61,14 +57,23 @@ def main() -> None:
     x_0 = x[:, 0]
     bayes = (heat.posterior(x[:, -1], prior, k_steps, dt, g).mean - x_0).square().mean().item()
     transport = mu + torch.sqrt(v[0] / v[-1]) * (x_hat[:, -1] - a**k_steps * mu)
-    result = {
-        "split": str(args.split), "trajectories": x.shape[0],
+    return {
+        "split": str(split), "trajectories": x.shape[0],
         "one_step_loss_minimum": floor.item(), "bayes_mse": bayes,
         "c1_path_over_bayes": (path(1.0) - x_0).square().mean().item() / bayes,
         "pf_step_c_half_over_bayes": (path(0.5) - x_0).square().mean().item() / bayes,
         "exact_transport_map_over_bayes":
             (torch.fft.ifft2(transport).real - x_0).square().mean().item() / bayes,
     }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("split", type=Path, help="a heat dataset split (.h5)")
+    p.add_argument("--limit", type=int, help="first N trajectories only")
+    args = p.parse_args()
+    result = oracles(args.split, args.limit)
     for key, value in result.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
     write_text_atomic(args.split.with_suffix(".oracles.json"), json.dumps(result, indent=2) + "\n")

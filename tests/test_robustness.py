@@ -132,3 +132,38 @@ def test_held_out_check_is_written_and_flags_miscalibration(run: Path) -> None:
         model.noise_spectra = spectra * scale
         result = held_out_check(model, valid, None, torch.Generator().manual_seed(0))
         assert not result["calibrated"] and word in result["verdict"], result["verdict"]
+
+
+def test_held_out_check_names_a_pf_ode_worse_than_a_posterior_draw(
+        run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PF-ODE verdict: a reconstruction with MSE above one posterior sample's is called
+    unreliable (here: the observation blown up 100x, as a diverging flow does), one at the truth
+    usable; and infer.py's table names an unreliable PF-ODE instead of printing its numbers."""
+    from physdiff import heldout
+    from physdiff.data import read
+    from physdiff.model import load_model
+
+    check = json.loads((run / "run/calibration.json").read_text())
+    assert "ode_reliable" in check and check["ode_verdict"].startswith("PF-ODE")
+    model = load_model(run / "run/checkpoint.pt")
+    valid = read(run / "data/valid.h5").x
+    real = heldout.reconstruct
+    for fake, reliable in ((lambda x_T, x_0: 100 * x_T, False), (lambda x_T, x_0: x_0, True)):
+        def patched(m, x_T, kind, fake=fake, **kw):
+            return fake(x_T, valid[:, 0]) if kind == "ode" else real(m, x_T, kind, **kw)
+        monkeypatch.setattr(heldout, "reconstruct", patched)
+        result = heldout.held_out_check(model, valid, None, torch.Generator().manual_seed(0))
+        assert result["ode_reliable"] is reliable, result["ode_verdict"]
+        assert ("UNRELIABLE" in result["ode_verdict"]) is not reliable
+    report = {"n_samples": 2, "held_out_check": {"ode_reliable": False,
+                                                 "ode_verdict": "PF-ODE UNRELIABLE: held-out x"},
+              "sde": {"mse": 1.0}, "ode": {"mse": 63.8}}
+    import contextlib
+    import io
+
+    from physdiff.cli.infer import print_table
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_table(report)
+    line = next(r for r in buffer.getvalue().splitlines() if r.startswith("ode"))
+    assert "unreliable" in line and "63.8" not in line

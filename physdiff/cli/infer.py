@@ -233,7 +233,10 @@ def _infer(args: argparse.Namespace, device: torch.device, world: World = SINGLE
     held_out = args.checkpoint.parent / "calibration.json"
     if held_out.exists():  # the training run's held-out calibration check, repeated here
         result.report["held_out_check"] = json.loads(held_out.read_text())
-        print(f"held-out check of this model: {result.report['held_out_check']['verdict']}")
+        check = result.report["held_out_check"]
+        print(f"held-out check of this model: {check['verdict']}")
+        if "ode_verdict" in check:
+            print(f"held-out check of this model: {check['ode_verdict']}")
     if result.truth is not None:
         result.report |= report(model, result)
         print_table(result.report)
@@ -305,17 +308,25 @@ def print_table(report_: dict[str, Any]) -> None:
     space, e.g. 'var_ratio [0,2)'), then calibration figures with the data's reference."""
     rows = {name: row for name, row in report_.items()
             if isinstance(row, dict) and name != "held_out_check"}
+    check = report_.get("held_out_check", {})
+    # a reconstruction the held-out check found worse than a random posterior draw is named,
+    # not printed as an answer (its numbers stay in metrics.json)
+    unreliable = {name for name in rows if name.split()[0] == "ode"
+                  and check.get("ode_reliable") is False}
     keys = [k for k in dict.fromkeys(k for row in rows.values() for k in row)
             if " " not in k and not k.startswith(("coverage", "sbc", "energy", "momentum"))]
     w = max(16, *(len(k) + 2 for k in keys))
     nw = max(14, *(len(n) + 2 for n in rows))
     print(f"{'':{nw}s}" + "".join(f"{k:>{w}s}" for k in keys))
     for name, row in rows.items():
+        if name in unreliable:
+            print(f"{name:{nw}s}  unreliable: {check['ode_verdict'].split(': ', 1)[1]}")
+            continue
         print(f"{name:{nw}s}" + "".join(f"{row[k]:{w}.5f}" if k in row else " " * w
                                         for k in keys))
     bands = [k for k in rows.get("sde", {}) if " " in k]
     if bands:
-        with_bands = [n for n in rows if bands[0] in rows[n]]
+        with_bands = [n for n in rows if bands[0] in rows[n] and n not in unreliable]
         print(f"{'':28s}" + "".join(f"{n:>16s}" for n in with_bands))
         for k in bands:
             print(f"  {k:26s}" + "".join(f"{rows[n][k]:16.3f}" for n in with_bands))

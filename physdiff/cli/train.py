@@ -352,6 +352,7 @@ def check_held_out(args: argparse.Namespace, run_: Run, valid: Trajectories, val
                            torch.Generator(run_.device).manual_seed(run_.cfg.seed))
     write_text_atomic(args.out / "calibration.json", json.dumps(check, indent=2) + "\n")
     print(f"held-out check: {check['verdict']}")
+    print(f"held-out check: {check['ode_verdict']}")
 
 
 def _log_lines_upto(log: Path, step: int) -> None:
