@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import h5py
 
 from physdiff.io import write_text_atomic
 from physdiff.training import load_checkpoint
@@ -47,9 +50,16 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
                 threads: int | None = None) -> float:
     """Train (or resume, or find complete) a model; return total training wall time in seconds,
     summed over the invocations that did work (kept in out/wall_time.json)."""
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and _stale(ckpt, data):
+        stale = out.with_name(out.name + ".stale")
+        print(f"{ckpt} was trained on other data than {data} (regenerated since): moved to "
+              f"{stale}, training again", flush=True)
+        if stale.exists():
+            shutil.rmtree(stale)
+        out.rename(stale)
     record = out / "wall_time.json"
     spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
-    ckpt = out / "checkpoint.pt"
     done = ckpt.exists() and load_checkpoint(ckpt).get("noise_spectra") is not None
     if not done:
         spent += script("train.py", "--data", str(data), "--out", str(out), "--resume",
@@ -58,6 +68,16 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
     return spent
 
 
+
+
+def _stale(ckpt: Path, data: Path) -> bool:
+    """Whether a checkpoint's training data differ from data/train.h5 as it is now, judged by
+    the normalisation statistics the checkpoint records (exact floats of the whole split; the
+    code version is not compared, since regenerating identical data changes only that)."""
+    meta = load_checkpoint(ckpt).get("meta", {})
+    with h5py.File(data / "train.h5", "r") as f:
+        now = {k: float(f.attrs[k]) for k in ("norm_mean", "norm_std")}
+    return any(meta.get(k) != v for k, v in now.items())
 
 
 def print_table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, str]],

@@ -267,3 +267,45 @@ def test_sample_posterior_observed_runs_the_reverse_sde_from_each_end_state() ->
                                                noise="white")
     assert x_0.shape == x_T.shape == (2, 3, 1, 4, 4) and diag.rhat.shape == (2, 3)
     assert torch.isfinite(x_0).all() and torch.isfinite(x_T).all()
+
+
+@pytest.mark.parametrize("case", ["mask", "pool"])
+def test_gaussian_start_draws_the_exact_p_xT_given_y_for_heat(case: str) -> None:
+    """Matheron's rule with p_T's exact stationary spectrum: draws of x_T | y have the exact
+    posterior mean and per-pixel variance (8×8 heat; 25 % mask with σ_y = 0.05, or 2× pooling with
+    σ_y = 0.02). Tolerances as in the Langevin test above (4.5 standard errors)."""
+    from physdiff.gaussian_start import end_state_spectrum, gaussian_conditional_draws
+
+    prior, m, n = _prior(), 2, 4000
+    gen = torch.Generator().manual_seed(8)
+    end = heat.end_state_prior(prior, K, DT, G)
+    x_T = end.sample(m, gen)[:, None]
+    if case == "mask":
+        keep = torch.zeros(SIZE * SIZE, dtype=F64)
+        keep[torch.randperm(SIZE * SIZE, generator=gen)[: SIZE * SIZE // 4]] = 1
+        operator, sigma = Mask(keep.reshape(1, SIZE, SIZE)), 0.05
+    else:
+        operator, sigma = AvgPool(2), 0.02
+    y = operator(x_T) + sigma * torch.randn(operator(x_T).shape, dtype=F64, generator=gen)
+    a = dense_matrix(operator, (1, SIZE, SIZE))
+    if case == "mask":  # the observed rows only (a mask's zeros are not observations)
+        rows = keep.bool()
+        a, y_flat = a[rows], y.flatten(1)[:, rows]
+    else:
+        y_flat = y.flatten(1)
+    exact = heat.observed_end_state_posterior(y_flat, a, sigma, prior, K, DT, G)
+    lam = torch.exp(-K * DT * heat.wavenumbers_squared(SIZE, SIZE))
+    spectrum = (lam**2 * prior.spectrum + heat.noise_spectrum(SIZE, SIZE, K, DT, G))[None]
+    draws, iterations = gaussian_conditional_draws(end.mean[None], spectrum, operator, y,
+                                                   sigma, n, gen)
+    assert draws.shape == (m, n, 1, SIZE, SIZE) and iterations < 200
+    mean, var = draws.mean(1)[:, 0], draws.var(1)[:, 0]
+    z = (mean - exact.mean) / (exact.variance / n).sqrt()
+    assert z.abs().max() < 4.5, z.abs().max()
+    ratio = var.mean(0) / exact.variance
+    assert (ratio - 1).abs().max() < 4.5 * math.sqrt(2 / (m * n - 1)), ratio
+    # the spectrum estimator: stationary draws give back their spectrum within sampling error
+    mu, s_hat = end_state_spectrum(end.sample(4000, gen)[:, None])
+    assert abs(mu.item() - end.mean.mean().item()) < 0.05
+    rel = (s_hat / spectrum)[spectrum > 1e-9]
+    assert (rel.mean() - 1).abs() < 0.02
