@@ -303,6 +303,7 @@ def sample_posterior_observed(
     noise: str = "calibrated",
     condition: Tensor | None = None,
     batch_size: int = 512,
+    keep: Sequence[int] | None = None,
     **langevin: Any,
 ) -> tuple[Tensor, Tensor, Diagnostics]:
     """n draws of x_0 ~ p(x_0 | y) per observation with a trained `physdiff.model.Model`:
@@ -316,9 +317,12 @@ def sample_posterior_observed(
         model: A loaded `physdiff.model.Model`.
         y: Observations (M, *obs); sigma, steps and `langevin` as in `sample_end_states`.
         condition: What the system needs besides the state (M, *), e.g. obstacle geometry.
+        keep: Forward time indices: return the states there, (M, n, len(keep), *state), instead
+            of x_0 (as in `physdiff.model.sample_posterior`).
 
     Returns:
-        x_0 draws (M, n, *state), the x_T draws they started from (M, n, *state), diagnostics.
+        x_0 draws (M, n, *state) (or the kept states), the x_T draws they started from
+        (M, n, *state), diagnostics.
     """
     state_shape = tuple(model.system.state_shape)
     device = next(model.score.parameters()).device
@@ -333,5 +337,5 @@ def sample_posterior_observed(
     x_T, diagnostics = sample_end_states(prior_score, operator, y, sigma, n, generator, steps,
                                          state_shape=state_shape, **langevin)
     x_0 = sample_posterior(model, x_T.reshape(-1, *state_shape), 1, generator, noise,
-                           batch_size=batch_size, condition=cond)
-    return x_0.reshape(y.shape[0], n, *state_shape), x_T, diagnostics
+                           batch_size=batch_size, condition=cond, keep=keep)
+    return x_0.reshape(y.shape[0], n, *x_0.shape[2:]), x_T, diagnostics

@@ -88,6 +88,7 @@ def test_heat_chain_does_not_import_phiflow(tmp_path: Path) -> None:
 
 
 GENERIC = ["physdiff/cli/generate.py", "physdiff/cli/train.py", "physdiff/cli/infer.py",
+           "physdiff/cli/infer_observed.py",
            "physdiff/cli/common.py", "physdiff/model.py", "physdiff/api.py",
            "physdiff/samplers.py", "physdiff/losses.py", "physdiff/training.py",
            "physdiff/systems/base.py", "generate.py", "train.py", "infer.py"]

@@ -13,9 +13,20 @@ Examples:
 ((M, H, W) is accepted for single-channel fields), plus the per-observation arrays the system
 needs besides the state (e.g. obstacle geometry); in the normalised units of the training data unless --raw.
 
+Partial, noisy observations y = A(x_T) + σ_y ε (docs/method.md §6): --operator mask / channels /
+pool with --mask FILE.npy / --channels 0,2 / --pool 4, and --obs-noise σ_y (normalised units).
+Then x_T is drawn from p(x_T | y) by Langevin chains (--langevin-steps; split-R̂ is reported),
+the reverse SDE runs from each draw, and the PF-ODE and mean path start from the draws' mean.
+--observed then holds y of the observed shape (.npy, or an .h5 dataset 'y' with an optional
+dataset 'mask' and attrs operator, obs_noise, channels, pool that flags override); with --data,
+y is A(x_T) of the split plus σ_y noise seeded by --seed:
+    python infer.py --checkpoint C --data test.h5 --operator pool --pool 4 --obs-noise 0.02 --out D
+
 Outputs in --out: posterior.h5 (samples (M, n, *state), ode, mean_path, observed, truth when
 known, '_<label>' variants for further report times, reverse paths for small states; attrs
-record the checkpoint, flags and code version), metrics.json, and the system's figures.
+record the checkpoint, flags and code version; for a partial observation x_T_samples, y, mask
+and attrs operator, obs_noise instead of observed), metrics.json (with 'langevin' diagnostics),
+and the system's figures.
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from physdiff.chunks import chunk_generator, gather_chunks, observation_chunks, run_chunks
+from physdiff.cli import infer_observed
 from physdiff.cli.common import (
     Progress,
     UsageError,
@@ -82,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="the System class, if not the one the checkpoint records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    infer_observed.add_arguments(p)
     return p
 
 
@@ -205,28 +219,54 @@ def infer(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
-def _infer(args: argparse.Namespace, device: torch.device, world: World = SINGLE) -> None:
-    model = load_model(args.checkpoint, device, args.system)
-    x_T, condition, trajectories, source = observations(args, model)
+def _sample(args: argparse.Namespace, model: Model, device: torch.device, world: World
+            ) -> tuple[InferenceResult | None, float, float, Tensor | None, str,
+                       infer_observed.Observed | None, dict[str, Tensor]]:
+    """Check the observations, then sample: (result or None off rank 0, s SDE, s ODE, the
+    split's trajectories or None, source, the partial observation or None, its extras)."""
+    observed = infer_observed.problem(args, model)
+    if observed is not None and not observed.full:
+        result, t_sde, t_ode, extra = infer_observed.run_observed(args, model, observed, world)
+        return (result, t_sde, t_ode, observed.trajectories, observed.source, observed,
+                extra)
+    if observed is None:
+        x_T, condition, trajectories, source = observations(args, model)
+    else:  # a full noise-free observation given as 'y': it is x_T
+        x_T, condition = observed.y, observed.condition
+        trajectories, source = observed.trajectories, observed.source
     check_observations(x_T, model, source)
     agree([float(x_T.double().sum()), float(x_T.shape[0])], f"the observations ({source})",
           world)
     x_T = x_T.to(device)
     condition = None if condition is None else condition.to(device)
     result, t_sde, t_ode = run_samplers(args, model, x_T, condition, world)
+    return result, t_sde, t_ode, trajectories, source, None, {}
+
+
+def _infer(args: argparse.Namespace, device: torch.device, world: World = SINGLE) -> None:
+    model = load_model(args.checkpoint, device, args.system)
+    result, t_sde, t_ode, trajectories, source, observed, extra = _sample(
+        args, model, device, world)
     if result is None:  # not rank 0: its chunks went to rank 0, which writes every file
         return
     labels = model.system.report_times()
     if trajectories is not None:
         result.trajectories = trajectories
         result.truth = {label: trajectories[:, k] for label, k in labels.items()}
-    m, n = x_T.shape[0], next(iter(result.samples.values())).shape[1]
+    m, n = result.x_T.shape[0], next(iter(result.samples.values())).shape[1]
     print(f"{m} observations: {n} SDE samples each in {t_sde:.1f} s "
           f"({t_sde / (m * n) * 1e3:.2f} ms per sample), PF-ODE in {t_ode:.1f} s")
-    write_posterior(args, model, result, source)
     result.report = {"observations": m, "n_samples": n, "seconds_per_sample": t_sde / (m * n),
                      "seconds_per_ode": t_ode / m}
-    result.exact = model.system.exact_posterior(x_T.cpu())  # None where no closed form exists
+    if observed is None:
+        write_posterior(args, model, result, source)
+        result.exact = model.system.exact_posterior(result.x_T.cpu())  # None: no closed form
+    else:
+        write_posterior(args, model, result, source, *infer_observed.posterior_arrays(
+            observed, extra))
+        result.report["langevin"] = infer_observed.langevin_report(args, extra)
+        result.exact = model.system.exact_observed_posterior(
+            observed.operator, observed.y.cpu(), observed.sigma_b)
     if result.exact is not None:  # one draw of exact samples for the metrics and the figures
         result.exact_samples = result.exact.sample(
             n, torch.Generator().manual_seed(args.seed)).float()
@@ -252,8 +292,11 @@ def _suffix(label: str) -> str:
 
 
 def write_posterior(args: argparse.Namespace, model: Model, result: InferenceResult,
-                    source: str) -> None:
-    arrays = {"observed": result.x_T}
+                    source: str, observed: dict[str, Tensor] | None = None,
+                    attrs: dict[str, Any] | None = None) -> None:
+    """posterior.h5: the samples, ODE and mean path per report time, and the observed x_T, or
+    for a partial observation the arrays and attrs of `observed` / `attrs` instead."""
+    arrays = {"observed": result.x_T} if observed is None else dict(observed)
     for label in result.samples:
         arrays |= {f"samples{_suffix(label)}": result.samples[label],
                    f"ode{_suffix(label)}": result.ode[label],
@@ -269,7 +312,7 @@ def write_posterior(args: argparse.Namespace, model: Model, result: InferenceRes
         "checkpoint": str(args.checkpoint), "source": source, "times": json.dumps(times),
         "flags": json.dumps({k: str(v) for k, v in vars(args).items()}),
         "version": code_version(), "norm_mean": model.meta.norm_mean,
-        "norm_std": model.meta.norm_std})
+        "norm_std": model.meta.norm_std, **(attrs or {})})
 
 
 def report(model: Model, result: InferenceResult) -> dict[str, Any]:
@@ -307,7 +350,7 @@ def print_table(report_: dict[str, Any]) -> None:
     """The scalar metrics as a table (one row per method), then per-band rows (keys with a
     space, e.g. 'var_ratio [0,2)'), then calibration figures with the data's reference."""
     rows = {name: row for name, row in report_.items()
-            if isinstance(row, dict) and name != "held_out_check"}
+            if isinstance(row, dict) and name not in ("held_out_check", "langevin")}
     check = report_.get("held_out_check", {})
     # a reconstruction the held-out check found worse than a random posterior draw is named,
     # not printed as an answer (its numbers stay in metrics.json)

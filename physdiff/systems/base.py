@@ -165,6 +165,25 @@ class System:
         """p(x_0 | x_T) in closed form (an object with mean, variance, sample(n, gen)), or None."""
         return None
 
+    def exact_observed_posterior(self, operator: Any, y: Tensor, sigma: Tensor) -> Any:
+        """p(x_0 | y) in closed form for y = A(x_T) + σ_y ε (an object with mean (M, *field),
+        per-mode variance and sample(n, gen) as `exact_posterior`'s), or None.
+
+        Arguments:
+            operator: A (a physdiff.observations.Operator).
+            y: Observations (M, *obs).
+            sigma: σ_y broadcasting against one observation (as `check_observed` returns it).
+        """
+        return None
+
+    def end_state_preconditioner(self, model: Any, operator: Any, sigma: Tensor
+                                 ) -> Callable[[Tensor], Tensor] | None:
+        """A symmetric positive linear map R (B, *state) -> (B, *state) with R² close to the
+        covariance of p(x_T | y), for the Langevin sampler of physdiff.conditioning; None for
+        none (plain Langevin). Arguments as in `exact_observed_posterior`, `model` the loaded
+        physdiff.model.Model."""
+        return None
+
     def evaluate(self, truth: Tensor, x_T: Tensor, *, samples: Tensor | None = None,
                  point: Tensor | None = None, condition: Tensor | None = None,
                  exact: Any = None, paths: Tensor | None = None, index: int = 0
