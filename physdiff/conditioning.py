@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from physdiff.gaussian_start import gaussian_conditional_draws
 from physdiff.model import Model, sample_posterior
 from physdiff.observations import Identity, Operator, as_operator, check_observed
 from physdiff.observations import likelihood_score as _likelihood_score
@@ -307,11 +308,13 @@ def sample_posterior_observed(
     **langevin: Any,
 ) -> tuple[Tensor, Tensor, Diagnostics]:
     """n draws of x_0 ~ p(x_0 | y) per observation with a trained `physdiff.model.Model`:
-    x_T from `sample_end_states` with the learned score s_θ(·, T) as prior score, then one
+    x_T from `sample_end_states` with the system's end-state score as prior score, then one
     reverse-SDE path (`physdiff.model.sample_posterior`) from each x_T.
 
-    Caveat (docs/method.md §3): s_θ(·, T) is trained on the last step of each trajectory only
-    and is the score to first order in Δt.
+    The prior score is `System.end_state_score` where the system gives one (heat: the score
+    Tweedie's formula implies from the learned reverse step and the forward step,
+    `physdiff.sde.tweedie_score`), else s_θ(·, T) itself, which is trained on the last step of
+    each trajectory only and is the score to first order in Δt (docs/method.md §6).
 
     Arguments:
         model: A loaded `physdiff.model.Model`.
@@ -328,12 +331,22 @@ def sample_posterior_observed(
     device = next(model.score.parameters()).device
     y = torch.as_tensor(y, dtype=torch.float32).to(device)
     cond = None if condition is None else repeat_samples(condition.to(device), n)
-    score_net = model.system.score_fn(model.score, cond)
+    score = (model.system.end_state_score(model, cond)
+             or model.system.score_fn(model.score, cond))
     t_end = model.meta.times()[-1].to(device, torch.float32)
 
     def prior_score(x: Tensor) -> Tensor:
-        return score_net(x, t_end.expand(x.shape[0]))
+        return score(x, t_end.expand(x.shape[0]))
 
+    start = model.system.end_state_gaussian(model)
+    op = as_operator(operator)
+    if start is not None and op.linear and "init" not in langevin:
+        # chains start at exact draws of the Gaussian approximation's conditional (§6)
+        mean, spectrum = (v.to(device) for v in start)
+        sig = check_observed(op, y, sigma, state_shape)
+        langevin = {"init_scale": 0.0, **langevin}
+        langevin["init"], _ = gaussian_conditional_draws(mean, spectrum, op, y,
+                                                         sig.to(device), n, generator)
     x_T, diagnostics = sample_end_states(prior_score, operator, y, sigma, n, generator, steps,
                                          state_shape=state_shape, **langevin)
     x_0 = sample_posterior(model, x_T.reshape(-1, *state_shape), 1, generator, noise,

@@ -34,6 +34,7 @@ class Model:
     noise_spectra: Tensor | None  # the noise calibration (residual spectra or variances)
     config: dict[str, Any]
     physics_net: nn.Module | None = None
+    end_state: dict[str, Tensor] | None = None  # the system's statistics of training x_T
 
     @property
     def physics(self) -> str:
@@ -75,7 +76,8 @@ def load_model(path: Path, device: torch.device | str = "cpu", system: str | Non
         raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
     score.to(device).eval()
-    return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net)
+    return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net,
+                 state.get("end_state"))
 
 
 def read_split(path: Path, model: Model, limit: int | None = None) -> Trajectories:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-__all__ = ["Drift", "as_drift", "expand_like", "from_inverse_step", "reverse_drift"]
+__all__ = ["Drift", "as_drift", "expand_like", "from_inverse_step", "reverse_drift",
+           "tweedie_score"]
 
 Drift = Callable[[Tensor, Tensor], Tensor]
 
@@ -46,3 +47,18 @@ def reverse_drift(physics: Drift, score: Drift, g: float, c: float = 1.0) -> Dri
     train); c = 1/2 gives the probability-flow ODE.
     """
     return lambda x, t: physics(x, t) - c * g**2 * score(x, t)
+
+
+def tweedie_score(step: Callable[[Tensor], Tensor], reverse: Drift, dt: float, g: float) -> Drift:
+    """∇log p_{t}(x) from a learned reverse step, for a chain x_{k+1} = S(x_k) + g √dt z.
+
+    Tweedie's formula for the additive Gaussian forward noise gives, exactly and for any prior,
+    ∇log p_{k+1}(y) = (E[S(x_k) | y] − y) / (g² dt). With the learned conditional mean
+    m(y) = y − dt f(y, t) (the c = 1 reverse step, `reverse` = f) and S linear,
+    E[S(x_k) | y] = S(m(y)), so this is the score the one-step loss implies, without the
+    first-order-in-dt error of reading s_θ itself as ∇log p_t (s_θ is defined through the
+    approximate inverse P̃⁻¹, which is inexact where one step contracts a mode strongly: for heat
+    s_θ → 2 / (1 + a) × the true score on a mode contracted by a = e^{−|k|² dt}). For non-linear S
+    it is first order in the spread of x_k | y.
+    """
+    return lambda x, t: (step(x - dt * reverse(x, t)) - x) / (g**2 * dt)

@@ -309,3 +309,34 @@ def test_gaussian_start_draws_the_exact_p_xT_given_y_for_heat(case: str) -> None
     assert abs(mu.item() - end.mean.mean().item()) < 0.05
     rel = (s_hat / spectrum)[spectrum > 1e-9]
     assert (rel.mean() - 1).abs() < 0.02
+
+
+def test_tweedie_score_of_the_exact_reverse_step_is_the_exact_end_state_score() -> None:
+    """With the exact conditional mean of the last heat step as the learned reverse step,
+    tweedie_score gives −Σ_T⁻¹ (x − m_T) exactly; reading that step's own s (defined through the
+    inverse 2x − S x) as the score is off by 2 / (1 + a) on strongly contracted modes."""
+    from physdiff.sde import tweedie_score
+
+    prior = _prior()
+    end = heat.end_state_prior(prior, K, DT, G)
+    before = heat.end_state_prior(prior, K - 1, DT, G)  # p_{K−1}
+    lam = torch.exp(-DT * heat.wavenumbers_squared(SIZE, SIZE))
+    v_prev = lam ** (2 * (K - 1)) * prior.spectrum + heat.noise_spectrum(SIZE, SIZE, K - 1, DT, G)
+    v_end = lam**2 * v_prev + G**2 * DT * SIZE**2
+    m_prev, m_end = before.mean, end.mean
+
+    def cond_mean(x: Tensor) -> Tensor:  # E[x_{K−1} | x_K = x], per Fourier mode
+        gain = lam * v_prev / v_end
+        return m_prev + torch.fft.ifft2(gain * torch.fft.fft2(x - m_end)).real
+
+    def reverse(x: Tensor, t: Tensor) -> Tensor:  # the c = 1 drift whose step is cond_mean
+        return (x - cond_mean(x)) / DT
+
+    x = end.sample(3, torch.Generator().manual_seed(2))[:, None]
+    got = tweedie_score(lambda u: heat.step(u, DT), reverse, DT, G)(x, torch.ones(3))
+    precision = torch.linalg.inv(end.covariance)
+    want = -((x.flatten(1) - end.mean.reshape(-1)) @ precision).reshape(x.shape)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+    naive = (cond_mean(x) - (2 * x - heat.step(x, DT))) / (G**2 * DT)
+    # 8×8: |k|² ≤ 32, a ≥ 0.82, so the naive reading is off by up to 10 %
+    assert (naive - want).abs().max() > 0.05 * want.abs().max()

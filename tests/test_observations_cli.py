@@ -118,7 +118,7 @@ def test_draws_follow_the_likelihood(run: Path, tmp_path: Path) -> None:
     n = draws.shape[1]
     assert (pooled.mean(1) - y).square().mean().sqrt() < 3 * sigma / n**0.5
     assert 0.6 * sigma < pooled.std(1).square().mean().sqrt() < 1.4 * sigma
-    assert draws.std(1).mean() > 5 * sigma  # the unobserved detail is not pinned by y
+    assert draws.std(1).mean() > 3 * sigma  # the unobserved detail is not pinned by y
 
 
 def test_observation_spec_in_the_file_equals_the_flags(run: Path, tmp_path: Path) -> None:
@@ -159,3 +159,34 @@ def test_two_processes_write_the_one_process_posterior(run: Path, tmp_path: Path
         assert set(a) == set(b) and "x_T_samples" in a
         for key in a:
             assert np.array_equal(a[key][()], b[key][()]), key
+
+
+def test_checkpoint_keeps_the_end_state_gaussian_and_the_sampler_starts_there(
+        run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.py stores the training end states' mean and spectrum; with a linear operator the
+    end-state chains start at Matheron draws of that Gaussian's conditional (init_scale 0)."""
+    from physdiff import conditioning
+    from physdiff.data import read
+    from physdiff.gaussian_start import end_state_spectrum
+    from physdiff.model import load_model
+
+    model = load_model(run / "run/checkpoint.pt")
+    x = read(run / "data/train.h5").x
+    mean, spectrum = end_state_spectrum(x[:, -1])
+    torch.testing.assert_close(model.end_state["spectrum"], spectrum)
+    torch.testing.assert_close(model.end_state["mean"], mean.float())
+    seen = {}
+    real = conditioning.sample_end_states
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(conditioning, "sample_end_states", spy)
+    y = AvgPool(2)(x[:2, -1])
+    conditioning.sample_posterior_observed(model, AvgPool(2), y, 0.05, 3,
+                                           torch.Generator().manual_seed(0), steps=8)
+    assert seen["init_scale"] == 0.0 and seen["init"].shape == (2, 3, 1, 8, 8)
+    # the start already honours y: pooled start draws sit within a few σ_y of it
+    gap = AvgPool(2)(seen["init"].flatten(0, 1)).reshape(2, 3, 1, 4, 4) - y[:, None]
+    assert gap.abs().max() < 5 * 0.05

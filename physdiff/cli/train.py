@@ -234,13 +234,14 @@ def validation(run_: Run, valid: Trajectories, source: str) -> Callable[[], floa
 
 
 def save(run_: Run, path: Path, step: int, skipped: int,
-         noise_spectra: torch.Tensor | None = None) -> None:
+         noise_spectra: torch.Tensor | None = None,
+         end_state: dict[str, torch.Tensor] | None = None) -> None:
     save_checkpoint(path, model=run_.model.state_dict(), optimizer=run_.optimizer.state_dict(),
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
                     state_shape=list(run_.data.x.shape[2:]), version=code_version(),
                     world_size=run_.world.size,
-                    noise_spectra=noise_spectra,
+                    noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
                              else None))
 
@@ -330,7 +331,9 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
     note(f"train: calibrating the reverse-step noise on "
          f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
     noise = calibrate(run_)
-    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise)
+    n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
+    end_state = run_.system.end_state_statistics(run_.data.x[:n_cal, -1])
+    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state)
     check_held_out(args, run_, valid, valid_path, noise)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])

@@ -184,6 +184,27 @@ class System:
         physdiff.model.Model."""
         return None
 
+    def end_state_statistics(self, x_T: Tensor) -> dict[str, Tensor] | None:
+        """Statistics of training end states (N, *state) that train.py stores in the checkpoint
+        (`Model.end_state`) for the partial-observation sampler, or None. Fields on a periodic
+        grid return {'mean': (C, 1, 1), 'spectrum': (C, H, W)} (`physdiff.gaussian_start`)."""
+        return None
+
+    def end_state_gaussian(self, model: Any) -> tuple[Tensor, Tensor] | None:
+        """(mean, spectrum) of a stationary Gaussian approximation of p_T to start the end-state
+        chains at exact draws of its conditional (`physdiff.gaussian_start`), or None."""
+        stats = getattr(model, "end_state", None)
+        if not stats or "spectrum" not in stats:
+            return None
+        return stats["mean"], stats["spectrum"]
+
+    def end_state_score(self, model: Any, condition: Tensor | None = None) -> Drift | None:
+        """∇log p_T as a drift (x, t) -> score for the end-state sampler of partial
+        observations, or None to use s_θ(·, T) itself. A system whose forward noise is additive,
+        white and of scale g on every component, with a linear (or nearly linear) step, returns
+        `physdiff.sde.tweedie_score(step, model.drift(c=1.0, condition=...), dt, g)`."""
+        return None
+
     def evaluate(self, truth: Tensor, x_T: Tensor, *, samples: Tensor | None = None,
                  point: Tensor | None = None, condition: Tensor | None = None,
                  exact: Any = None, paths: Tensor | None = None, index: int = 0

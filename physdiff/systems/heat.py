@@ -19,11 +19,12 @@ from physdiff import metrics, plots
 from physdiff.checks import UsageError, finite, positive
 from physdiff.conditioning import fourier_preconditioner
 from physdiff.data import Metadata
+from physdiff.gaussian_start import end_state_spectrum
 from physdiff.nets import PeriodicScoreNet
 from physdiff.noise import residual_spectra, spectral_noise
 from physdiff.observations import Operator, dense_matrix
 from physdiff.samplers import Noise
-from physdiff.sde import Drift, as_drift
+from physdiff.sde import Drift, as_drift, tweedie_score
 from physdiff.systems.base import InferenceResult, System
 from physdiff.systems.generation import (
     CHUNK,
@@ -158,6 +159,16 @@ class HeatSystem(System):
         residual = operator(z) / sigma.to(torch.float64)
         precision = float(residual.square().flatten(1).sum(1).mean()) / z[0].numel()
         return fourier_preconditioner(h * w / (h * w / s_k + precision))
+
+    def end_state_statistics(self, x_T: Tensor) -> dict[str, Tensor]:
+        """Mean and Fourier spectrum of the training end states (a stationary field)."""
+        mean, spectrum = end_state_spectrum(x_T)
+        return {"mean": mean.float().cpu(), "spectrum": spectrum.cpu()}
+
+    def end_state_score(self, model: Any, condition: None = None) -> Drift:
+        """The score Tweedie's formula implies from the learned reverse step (the heat step is
+        linear and its noise white and of scale g on every pixel: exact for an exact kernel)."""
+        return tweedie_score(self.step, model.drift(c=1.0), self.meta.dt, self.meta.g)
 
     def exact_observed_posterior(self, operator: Operator, y: Tensor, sigma: Tensor
                                  ) -> ObservedPosterior | None:
