@@ -292,6 +292,32 @@ def _check_finite(x: Tensor, step_factor: float) -> None:
                          "or pass a preconditioner")
 
 
+def _system_defaults(model: Model, op: Operator, y: Tensor, sigma: float | Tensor, n: int,
+                     generator: torch.Generator, langevin: dict[str, Any]) -> dict[str, Any]:
+    """The system's preconditioner and chain start where the caller gave none: exact draws of
+    a stationary Gaussian's conditional (linear A, fields), else draws of the training end
+    states' per-coordinate Gaussian (over-dispersed against the posterior, as R̂ wants)."""
+    state_shape = tuple(model.system.state_shape)
+    sig = check_observed(op, y, sigma, state_shape).to(y.device)
+    out = dict(langevin)
+    if "precondition" not in out:
+        out["precondition"] = model.system.end_state_preconditioner(model, op, sig.cpu())
+    if "init" in out:
+        return out
+    start = model.system.end_state_gaussian(model)
+    stats = model.end_state or {}
+    if start is not None and op.linear:  # docs/method.md §6, the Gaussian start
+        mean, spectrum = (v.to(y.device) for v in start)
+        out["init"], _ = gaussian_conditional_draws(mean, spectrum, op, y, sig, n, generator)
+        out.setdefault("init_scale", 0.0)
+    elif "variance" in stats:
+        mean, std = stats["mean"].to(y.device), stats["variance"].to(y.device).sqrt()
+        z = randn_like(torch.zeros((y.shape[0], n, *state_shape), device=y.device), generator)
+        out["init"] = mean + std * z
+        out.setdefault("init_scale", 0.0)
+    return out
+
+
 @torch.no_grad()
 def sample_posterior_observed(
     model: Model,
@@ -338,15 +364,7 @@ def sample_posterior_observed(
     def prior_score(x: Tensor) -> Tensor:
         return score(x, t_end.expand(x.shape[0]))
 
-    start = model.system.end_state_gaussian(model)
-    op = as_operator(operator)
-    if start is not None and op.linear and "init" not in langevin:
-        # chains start at exact draws of the Gaussian approximation's conditional (§6)
-        mean, spectrum = (v.to(device) for v in start)
-        sig = check_observed(op, y, sigma, state_shape)
-        langevin = {"init_scale": 0.0, **langevin}
-        langevin["init"], _ = gaussian_conditional_draws(mean, spectrum, op, y,
-                                                         sig.to(device), n, generator)
+    langevin = _system_defaults(model, as_operator(operator), y, sigma, n, generator, langevin)
     x_T, diagnostics = sample_end_states(prior_score, operator, y, sigma, n, generator, steps,
                                          state_shape=state_shape, **langevin)
     x_0 = sample_posterior(model, x_T.reshape(-1, *state_shape), 1, generator, noise,

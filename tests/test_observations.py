@@ -340,3 +340,22 @@ def test_tweedie_score_of_the_exact_reverse_step_is_the_exact_end_state_score() 
     naive = (cond_mean(x) - (2 * x - heat.step(x, DT))) / (G**2 * DT)
     # 8×8: |k|² ≤ 32, a ≥ 0.82, so the naive reading is off by up to 10 %
     assert (naive - want).abs().max() > 0.05 * want.abs().max()
+
+
+def test_default_preconditioner_is_the_diagonal_posterior_scale_for_a_mask() -> None:
+    """System.end_state_preconditioner's default: R² = 1 / (1 / var + diag(AᵀA) / σ_y²), exact
+    for a mask (Rademacher probes give diag(AᵀA) without error); None without statistics."""
+    from types import SimpleNamespace
+
+    from physdiff.systems.base import System
+
+    variance = torch.tensor([[4.0, 0.25], [1.0, 9.0], [0.5, 2.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    system = System.__new__(System)
+    model = SimpleNamespace(end_state={"mean": torch.zeros(3, 2), "variance": variance})
+    sigma = torch.tensor(0.1)
+    r = system.end_state_preconditioner(model, Mask(mask), sigma)
+    want = (1 / (1 / variance + mask / 0.01)).sqrt()
+    torch.testing.assert_close(r(torch.ones(5, 3, 2)), want.expand(5, 3, 2))
+    assert system.end_state_preconditioner(SimpleNamespace(end_state=None), Mask(mask),
+                                           sigma) is None

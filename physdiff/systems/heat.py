@@ -148,11 +148,13 @@ class HeatSystem(System):
     def end_state_preconditioner(self, model: Any, operator: Operator, sigma: Tensor
                                  ) -> Callable[[Tensor], Tensor]:
         """The Fourier multiplier R with spectrum D_k = HW / (HW / S_k + ρ / σ_y²)
-        (physdiff.conditioning.fourier_preconditioner), S_k = `end_state_spectrum` and ρ / σ_y²
+        (physdiff.conditioning.fourier_preconditioner), S_k the training end states' spectrum
+        the checkpoint stores (else `end_state_spectrum`, the exact prior's) and ρ / σ_y²
         the likelihood's precision averaged over the state's entries, tr(Aᵀ A / σ_y²) / D,
         estimated as E‖A z / σ_y‖² / D over 64 fixed white-noise probes z (Hutchinson)."""
         _, h, w = self.state_shape
-        s_k = self.end_state_spectrum()
+        stats = getattr(model, "end_state", None) or {}
+        s_k = stats["spectrum"][0] if "spectrum" in stats else self.end_state_spectrum()
         s_k = s_k.clamp_min(1e-12 * float(s_k.max()))  # g = 0 leaves the k = 0 mode at 0
         z = torch.randn((64, *self.state_shape), generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64)
@@ -163,7 +165,8 @@ class HeatSystem(System):
     def end_state_statistics(self, x_T: Tensor) -> dict[str, Tensor]:
         """Mean and Fourier spectrum of the training end states (a stationary field)."""
         mean, spectrum = end_state_spectrum(x_T)
-        return {"mean": mean.float().cpu(), "spectrum": spectrum.cpu()}
+        return super().end_state_statistics(x_T) | {"mean": mean.float().cpu(),
+                                                    "spectrum": spectrum.cpu()}
 
     def end_state_score(self, model: Any, condition: None = None) -> Drift:
         """The score Tweedie's formula implies from the learned reverse step (the heat step is
