@@ -185,6 +185,7 @@ def sample_end_states(
             Identity (then every draw is y and nothing is run).
         n: Chains (= draws) per observation.
         steps: Langevin steps per chain; the first `burn_in` fraction is discarded for R̂.
+            0 with an `init` and init_scale = 0 returns the start draws as they are.
         state_shape: The state's shape; needed when the operator does not imply it.
         init: Start states (M, *state) or (M, n, *state); default zeros. init_scale · N(0, I) is
             added to spread the chains.
@@ -205,6 +206,13 @@ def sample_end_states(
             raise ValueError(f"{operator!r} does not imply the state's shape: pass state_shape")
     state_shape = tuple(state_shape)
     sig = check_observed(operator, y, sigma, state_shape)
+    if steps == 0 and init is not None and init_scale == 0:
+        # the start draws themselves (e.g. exact draws of a Gaussian approximation's
+        # conditional, physdiff/gaussian_start.py): no chain ran, so R̂ and ε are NaN
+        draws = _start_states(y, n, state_shape, init, 0.0, generator)
+        m, nan = y.shape[0], torch.full((y.shape[0],), math.nan)
+        return (draws.reshape(m, n, *state_shape),
+                Diagnostics(torch.full((m, len(STATISTICS)), math.nan), nan, nan))
     _check_settings(n, steps, step_factor, burn_in)
     m = y.shape[0]
     if isinstance(operator, Identity) and (sig == 0).all():
@@ -364,7 +372,12 @@ def sample_posterior_observed(
     def prior_score(x: Tensor) -> Tensor:
         return score(x, t_end.expand(x.shape[0]))
 
-    langevin = _system_defaults(model, as_operator(operator), y, sigma, n, generator, langevin)
+    op = as_operator(operator)
+    if steps == 0 and ("init" in langevin or model.system.end_state_gaussian(model) is None
+                       or not op.linear):
+        raise ValueError("Langevin steps 0 (the Gaussian start alone) needs a linear operator "
+                         "and a system with a stationary end-state spectrum in the checkpoint")
+    langevin = _system_defaults(model, op, y, sigma, n, generator, langevin)
     x_T, diagnostics = sample_end_states(prior_score, operator, y, sigma, n, generator, steps,
                                          state_shape=state_shape, **langevin)
     x_0 = sample_posterior(model, x_T.reshape(-1, *state_shape), 1, generator, noise,

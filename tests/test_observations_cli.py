@@ -190,3 +190,15 @@ def test_checkpoint_keeps_the_end_state_gaussian_and_the_sampler_starts_there(
     # the start already honours y: pooled start draws sit within a few σ_y of it
     gap = AvgPool(2)(seen["init"].flatten(0, 1)).reshape(2, 3, 1, 4, 4) - y[:, None]
     assert gap.abs().max() < 5 * 0.05
+
+
+def test_zero_langevin_steps_returns_the_gaussian_start_draws(run: Path, tmp_path: Path) -> None:
+    """--langevin-steps 0 on heat: the x_T draws are the Matheron draws themselves, so the
+    pooled draws scatter around y by σ_y exactly as in the exact conditional."""
+    sigma = 0.02
+    with _infer(run, tmp_path / "zero", "--data", str(run / "data/test.h5"), "--operator",
+                "pool", "--pool", "2", "--obs-noise", str(sigma), "--langevin-steps", "0") as f:
+        draws, y = torch.from_numpy(f["x_T_samples"][()]), torch.from_numpy(f["y"][()])
+    pooled = AvgPool(2)(draws.flatten(0, 1)).reshape(*draws.shape[:2], *y.shape[1:])
+    assert (pooled.mean(1) - y).square().mean().sqrt() < 3 * sigma / draws.shape[1]**0.5
+    assert 0.6 * sigma < pooled.std(1).square().mean().sqrt() < 1.4 * sigma

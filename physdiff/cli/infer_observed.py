@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from physdiff.chunks import chunk_generator, gather_chunks, observation_chunks, run_chunks
-from physdiff.cli.common import Progress, UsageError, note, positive
+from physdiff.cli.common import Progress, UsageError, non_negative, note, positive
 from physdiff.conditioning import sample_posterior_observed
 from physdiff.distributed import SINGLE, World, agree
 from physdiff.model import Model, read_split, reconstruct
@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --operator pool: average over factor × factor blocks")
     g.add_argument("--obs-noise", type=_floats, help="σ_y in normalised units: one value, or "
                    "one per observed channel (comma-separated); > 0 with a partial operator")
-    g.add_argument("--langevin-steps", type=positive(int), default=2000,
-                   help="Langevin steps of the x_T | y chains")
+    g.add_argument("--langevin-steps", type=non_negative(int), default=2000,
+                   help="Langevin steps of the x_T | y chains (0: the exact draws of the "
+                   "Gaussian start alone, where the system has one, e.g. heat)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -356,6 +357,10 @@ def langevin_report(args: argparse.Namespace, extra: dict[str, Tensor]) -> dict[
     """The x_T | y chains' diagnostics, printed (with a warning when they disagree) and
     returned for metrics.json."""
     rhat, step = extra["rhat"], extra["step_size"]
+    if args.langevin_steps == 0:
+        print("x_T | y: exact draws of the Gaussian start (training end states' spectrum), "
+              "no Langevin steps")
+        return {"steps": 0}
     out = {"steps": args.langevin_steps, "max_rhat": float(rhat.max()),
            "max_rhat_per_statistic": dict(zip(("mean", "norm", "misfit"),
                                               rhat.amax(0).tolist(), strict=True)),
