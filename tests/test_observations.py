@@ -359,3 +359,23 @@ def test_default_preconditioner_is_the_diagonal_posterior_scale_for_a_mask() -> 
     torch.testing.assert_close(r(torch.ones(5, 3, 2)), want.expand(5, 3, 2))
     assert system.end_state_preconditioner(SimpleNamespace(end_state=None), Mask(mask),
                                            sigma) is None
+
+
+def test_diagonal_conditional_draws_are_the_per_coordinate_gaussian_posterior() -> None:
+    """N(μ, diag v) observed through a mask with σ_y: observed coordinates are
+    N(μ + v / (v + σ²) (y − μ), v σ² / (v + σ²)), unobserved ones keep N(μ, v); with
+    spread < 1 the unobserved deviation shrinks by that factor."""
+    from physdiff.gaussian_start import diagonal_conditional_draws
+
+    gen = torch.Generator().manual_seed(3)
+    mu, v, sigma, n = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[1.0, 4.0, 0.25]]), 0.5, 20000
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    y = Mask(mask)(torch.tensor([[[1.5, 0.0, 1.0]]], dtype=F64))
+    draws, _ = diagonal_conditional_draws(mu, v, Mask(mask), y, sigma, n, gen)
+    post_mean = torch.where(mask.bool(), mu + v / (v + sigma**2) * (y[0] - mu), mu)
+    post_var = torch.where(mask.bool(), v * sigma**2 / (v + sigma**2), v)
+    z = (draws[0].mean(0) - post_mean) / (post_var / n).sqrt()
+    assert z.abs().max() < 4.5, z
+    assert ((draws[0].var(0) / post_var - 1).abs() < 4.5 * math.sqrt(2 / n)).all()
+    narrow, _ = diagonal_conditional_draws(mu, v, Mask(mask), y, sigma, n, gen, spread=0.1)
+    assert abs(narrow[0, :, 0, 1].std().item() / 2.0 - 0.1) < 0.01

@@ -209,29 +209,35 @@ class SmokeSystem(System):
         return out
 
     def lbfgs_reconstruct(self, x_T: Tensor, condition: Tensor, t_start: float,
-                          outer_steps: int = 10, iterations: int = 4, history: int = 10
-                          ) -> Tensor:
+                          outer_steps: int = 10, iterations: int = 4, history: int = 10,
+                          operator: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """The reference baseline (docs/method.md §8): L-BFGS through the differentiable simulator.
 
         Optimises the state at t_start, from zeros, so that its noise-free forward simulation
         to T matches x_T (mean squared error over all channels), with `outer_steps` calls of
         torch's L-BFGS (history `history`, at most `iterations` iterations each, strong-Wolfe
-        line search), one observation at a time. Returns (B, 3, H, W).
+        line search), one observation at a time. Returns (B, 3, H, W). With an observation
+        `operator` A, `x_T` holds the observations y (B, *obs) and the misfit is that of
+        A(forward) against y.
         """
         n_steps = round((self.meta.t_final - t_start) / self.meta.dt)
         return torch.cat([self._lbfgs_one(x_T[i:i + 1], condition[i:i + 1], t_start, n_steps,
-                                          outer_steps, iterations, history)
+                                          outer_steps, iterations, history, operator)
                           for i in range(x_T.shape[0])])
 
-    def _lbfgs_one(self, x_T: Tensor, condition: Tensor, t_start: float, n_steps: int,
-                   outer_steps: int, iterations: int, history: int) -> Tensor:
-        x = torch.zeros_like(x_T, requires_grad=True)
+    def _lbfgs_one(self, observed: Tensor, condition: Tensor, t_start: float, n_steps: int,
+                   outer_steps: int, iterations: int, history: int,
+                   operator: Callable[[Tensor], Tensor] | None) -> Tensor:
+        x = torch.zeros((1, *self.state_shape), dtype=observed.dtype, device=observed.device,
+                        requires_grad=True)
         opt = torch.optim.LBFGS([x], history_size=history, max_iter=iterations,
                                 line_search_fn="strong_wolfe")
+        observe = operator if operator is not None else (lambda v: v)
 
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = (self.forward(x, condition, t_start, n_steps) - x_T).square().mean()
+            loss = (observe(self.forward(x, condition, t_start, n_steps)) - observed
+                    ).square().mean()
             loss.backward()
             return loss
 

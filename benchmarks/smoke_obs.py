@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""smoke-64 from partial, noisy observations at t = 0.65: the state at t = 0.35 (issue 11,
+item 5), with the models of benchmarks/smoke.py (run it first).
+
+Cases (σ_y = 0.01, in the data's units):
+  density  the smoke channel only (velocities unknown);
+  cells    the smoke channel on 10 % of the cells (random, seeded).
+Methods on the same observation: physdiff (the x_T | y chains of physdiff/conditioning.py with
+the system's defaults, then the reverse SDE to t = 0.35), L-BFGS through the simulator on the
+same misfit ‖A(S(x)) − y‖² from zeros, and the naive inverse (−dt simulator) of the observation
+filled with zeros where it is missing; beside them physdiff from the full, noise-free x_T. Rows:
+smoke MSE at t = 0.35, per sample and of the mean, re-simulation MSE, the pixel-wise 90 %
+interval coverage of the truth by the samples, the chains' split-R̂, seconds per reconstruction.
+
+Examples:
+    python benchmarks/smoke_obs.py --limit 10            # smoke-64, first 10 test observations
+    python benchmarks/smoke_obs.py --quick               # the smoke-demo models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+from common import ROOT, base_parser, print_table
+
+from physdiff import metrics
+from physdiff.conditioning import sample_posterior_observed
+from physdiff.data import read
+from physdiff.io import write_text_atomic
+from physdiff.model import load_model, reconstruct, sample_posterior
+from physdiff.observations import ChannelSubset, Mask, Operator
+from physdiff.runtime import code_version, pick_device
+from physdiff.systems import for_data
+from physdiff.systems.smoke.system import mid_index
+
+CONFIGS = {
+    "full": {"data": "datasets/smoke-64", "out": "benchmarks/results/smoke-64"},
+    "quick": {"data": "runs/bench-smoke-quick/data", "out": "benchmarks/results/smoke-quick"},
+}
+SIGMA = 0.01
+COLUMNS = [("mse", "MSE t=.35", "{:.4g}"), ("mse_per_sample", "MSE/sample", "{:.4g}"),
+           ("mse_of_mean", "MSE of mean", "{:.4g}"), ("resim_mse", "re-sim MSE", "{:.4g}"),
+           ("coverage90_pixels", "cov90 pix", "{:.3f}"), ("max_rhat", "max R̂", "{:.3f}"),
+           ("seconds", "s/recon", "{:.3g}")]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = base_parser(__doc__, n_samples=4, batch_size=32)
+    p.set_defaults(limit=10)
+    p.add_argument("--langevin-steps", type=int, default=500)
+    p.add_argument("--cases", default="density,cells")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def operator_for(case: str, shape: tuple[int, ...], gen: torch.Generator) -> Operator:
+    if case == "density":
+        return ChannelSubset([0])
+    if case == "cells":
+        keep = torch.zeros(shape)
+        cells = shape[1] * shape[2]
+        chosen = torch.randperm(cells, generator=gen)[: cells // 10]
+        keep[0].view(-1)[chosen] = 1
+        return Mask(keep)
+    raise SystemExit(f"--cases: unknown case {case!r} (density, cells)")
+
+
+def zero_filled(op: Operator, y: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The observation put back into a state, zeros where nothing was observed (Aᵀ y for these
+    0/1 operators)."""
+    x = torch.zeros((y.shape[0], *shape), dtype=y.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (back,) = torch.autograd.grad(op(x), x, grad_outputs=y)
+    return back
+
+
+def main() -> None:
+    args = parser().parse_args()
+    cfg = CONFIGS["quick" if args.quick else "full"]
+    device = pick_device(args.device)
+    out, data = ROOT / cfg["out"], ROOT / cfg["data"]
+    model = load_model(out / "true" / "checkpoint.pt", device)
+    test = read(data / "test.h5", simulator="smoke", limit=args.limit)
+    system = for_data(test.meta, tuple(test.x.shape[2:]))
+    mid = mid_index(system.meta)
+    cond = system.condition(test.extras, str(data / "test.h5"))
+    x_T, truth = test.x[:, -1], test.x[:, mid]
+    shape, m, n = tuple(x_T.shape[1:]), x_T.shape[0], args.n_samples
+    result: dict[str, Any] = {"flags": {k: str(v) for k, v in vars(args).items()},
+                              "command": "python benchmarks/smoke_obs.py"
+                              + (" --quick" if args.quick else ""), "version": code_version(),
+                              "device": str(device), "torch_threads": torch.get_num_threads(),
+                              "sigma_y": SIGMA, "cases": {}, "targets": []}
+
+    def samples_row(samples: torch.Tensor, seconds: float) -> dict[str, Any]:
+        row = system.evaluate(truth, x_T, samples=samples.cpu(), condition=cond, index=mid)
+        row["coverage90_pixels"] = metrics.interval_coverage(
+            samples[:, :, 0].flatten(2).double().cpu(), truth[:, 0].flatten(1).double(), 0.9)
+        row["seconds"] = seconds
+        return row
+
+    gen = torch.Generator(device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    full = sample_posterior(model, x_T.to(device), n, gen, batch_size=args.batch_size,
+                            condition=cond.to(device), keep=(mid,), stop=mid)[:, :, 0]
+    full_cost = (time.perf_counter() - t0) / (m * n)
+    full_row = samples_row(full, full_cost)
+    for case in args.cases.split(","):
+        gen = torch.Generator().manual_seed(args.seed)
+        op = operator_for(case, shape, gen)
+        y = op(x_T) + SIGMA * torch.randn(op(x_T).shape, generator=gen)
+        rows = {"physdiff, full noise-free x_T": full_row}
+        t0 = time.perf_counter()
+        samples, _, diag = sample_posterior_observed(
+            model, op, y.to(device), SIGMA, n, torch.Generator(device).manual_seed(args.seed),
+            steps=args.langevin_steps, condition=cond.to(device), batch_size=args.batch_size,
+            keep=(mid,), step_factor=1.0)
+        cost = (time.perf_counter() - t0) / (m * n)
+        rows["physdiff"] = samples_row(samples[:, :, 0], cost) | {"max_rhat": diag.max_rhat}
+        t0 = time.perf_counter()
+        lbfgs = system.lbfgs_reconstruct(y, cond, mid * system.meta.dt, operator=op)
+        rows["L-BFGS, same misfit"] = system.evaluate(truth, x_T, point=lbfgs, condition=cond,
+                                                      index=mid)
+        rows["L-BFGS, same misfit"]["seconds"] = (time.perf_counter() - t0) / m
+        naive = reconstruct(model, zero_filled(op, y, shape).to(device), "naive",
+                            condition=cond.to(device), keep=(mid,), stop=mid)[:, 0]
+        rows["naive inverse of zero-filled y"] = system.evaluate(truth, x_T, point=naive.cpu(),
+                                                                 condition=cond, index=mid)
+        print(f"\n{case}: {m} observations, {n} samples each")
+        print_table(rows, COLUMNS, 34, 12)
+        ours = rows["physdiff"]
+        items = [(f"{case}: MSE per sample / L-BFGS's MSE", ours["mse_per_sample"]
+                  / rows["L-BFGS, same misfit"]["mse"], "< 1"),
+                 (f"{case}: MSE per sample / naive zero-filled inverse's", ours["mse_per_sample"]
+                  / rows["naive inverse of zero-filled y"]["mse"], "< 1"),
+                 (f"{case}: cost per sample / full observation's", cost / full_cost, "<= 5")]
+        result["targets"] += [{"name": a, "value": v, "target": t,
+                               "met": bool(v < 1 if t == "< 1" else v <= 5)}
+                              for a, v, t in items]
+        result["targets"].append({"name": f"{case}: pixel-wise coverage90 of the truth",
+                                  "value": ours["coverage90_pixels"], "target": "reported",
+                                  "met": True})
+        result["cases"][case] = rows
+    for t in result["targets"]:
+        print(f"  {t['name']:52s} {t['value']:9.4g}  {t['target']:8s} "
+              f"{'yes' if t['met'] else 'NO'}")
+    write_text_atomic(out / "smoke_obs.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke_obs.json'}")
+
+
+if __name__ == "__main__":
+    main()
