@@ -6,29 +6,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import Check, tiny_run
 
-from physdiff.cli import generate, infer, train
+from physdiff.cli import infer
 from physdiff.observations import AvgPool
-
-TINY = ["heat", "--n-train", "6", "--n-valid", "2", "--n-test", "2", "--size", "8", "--steps",
-        "3", "--t-final", "0.05"]
-Check = Callable[[object, list[str]], str]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("observed")
-    generate.main([*TINY, "--out", str(out / "data")])
-    train.main(["--data", str(out / "data"), "--out", str(out / "run"), "--preset", "tiny",
-                "--device", "cpu"])
-    return out
+    return tiny_run(tmp_path_factory.mktemp("observed"))
 
 
 def _infer(run: Path, out: Path, *flags: str) -> h5py.File:

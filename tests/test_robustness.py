@@ -7,28 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, Check, tiny_run
 
 from physdiff.cli import generate, infer, train
 from physdiff.lock import LOCK_NAME, hold
 
-TINY = ["heat", "--n-train", "6", "--n-valid", "2", "--n-test", "2", "--size", "8", "--steps",
-        "3", "--t-final", "0.05"]
-Check = Callable[[object, list[str]], str]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("robust")
-    generate.main([*TINY, "--out", str(out / "data")])
-    train.main(["--data", str(out / "data"), "--out", str(out / "run"), "--preset", "tiny",
-                "--device", "cpu"])
-    return out
+    return tiny_run(tmp_path_factory.mktemp("robust"))
 
 
 def test_second_job_into_the_same_directory_is_refused_naming_the_holder(
