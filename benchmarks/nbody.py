@@ -84,7 +84,9 @@ def evaluate_model(model: Model, x_0: torch.Tensor, x_T: torch.Tensor, n: int,
     sde["seconds_per_sample"] = seconds / (x_T.shape[0] * n)
     mean = model.system.evaluate(x_0, x_T.cpu(),
                     point=reconstruct(model, x_T, "mean", batch_size=batch_size).cpu())
-    return {"SDE": sde, "mean path": mean}
+    ode = model.system.evaluate(x_0, x_T.cpu(),
+                                point=reconstruct(model, x_T, "ode", batch_size=batch_size).cpu())
+    return {"SDE": sde, "mean path": mean, "PF-ODE": ode}
 
 
 def main() -> None:

@@ -4,8 +4,8 @@
 Training: heat-32 updates per second (the heat-32 preset's network and batch, one-step and
 4-step rollouts), `python train.py` against `torchrun --nproc_per_node=2 train.py` (the same
 global batch, split between the processes; physdiff/distributed.py). Sampling: posterior samples
-per second, one infer.py process on all test observations against two processes on half each
-(infer.py does not run under torchrun yet; the two halves are independent jobs). Prints a table
+per second, `python infer.py` against `torchrun --nproc_per_node=2 infer.py` on the same test
+observations (shared between the processes in fixed chunks; physdiff/chunks.py). Prints a table
 and writes benchmarks/results/scaling/scaling.json with targets (2-process throughput >= 1.7x).
 
 Example:
@@ -29,8 +29,8 @@ from physdiff.runtime import code_version
 STAGES = "1:150,4:50"
 
 
-def run(argv: list[str], procs: int = 1) -> float:
-    """Wall time of one command (or `procs` copies of `argv` lists run side by side)."""
+def run(argv: list[str]) -> float:
+    """Wall time of one command, with one thread per process."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -62,22 +62,11 @@ def main() -> None:
     ckpt = str(work / "one/checkpoint.pt")
     limit = args.limit or 64
     n = args.n_samples
-    t0 = time.perf_counter()
-    run([sys.executable, "infer.py", "--checkpoint", ckpt, "--data", str(data / "test.h5"),
-         "--limit", str(limit), "--n-samples", str(n), "--out", str(work / "infer-one"),
-         "--device", "cpu"])
-    s1 = time.perf_counter() - t0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    t0 = time.perf_counter()
-    jobs = [subprocess.Popen([sys.executable, "-c", (
-        "from physdiff.cli import infer; import sys; "
-        f"infer.main(['--checkpoint', {ckpt!r}, '--observed', {str(part)!r}, '--n-samples', "
-        f"'{n}', '--out', {str(work / f'infer-{i}')!r}, '--device', 'cpu'])")],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for i, part in enumerate(halves(data, limit,
-                                                                                     work))]
-    for job in jobs:
-        job.wait()
-    s2 = time.perf_counter() - t0
+    infer_flags = ["infer.py", "--checkpoint", ckpt, "--data", str(data / "test.h5"),
+                   "--limit", str(limit), "--n-samples", str(n), "--device", "cpu"]
+    s1 = run([sys.executable, *infer_flags, "--out", str(work / "infer-one")])
+    s2 = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node=2", *infer_flags, "--out", str(work / "infer-two")])
     rows = {"train updates/s, 1 process": updates / t1, "train updates/s, 2 processes": updates / t2,
             "posterior samples/s, 1 process": limit * n / s1,
             "posterior samples/s, 2 processes": limit * n / s2}
@@ -91,25 +80,9 @@ def main() -> None:
     write_text_atomic(ROOT / "benchmarks/results/scaling/scaling.json", json.dumps({
         "rows": rows, "ratios": ratios, "targets": targets, "version": code_version(),
         "command": "python benchmarks/scaling.py", "stages": STAGES, "observations": limit,
-        "n_samples": n, "note": "one thread per process; sampling at 2 processes = two "
-        "independent infer.py jobs on half the observations each (infer.py has no torchrun "
-        "mode yet); inference wall times include each process's start-up"}, indent=2) + "\n")
-
-
-def halves(data: Path, limit: int, work: Path) -> list[Path]:
-    """The first `limit` test end states, split into two .h5 observation files."""
-    import h5py
-
-    from physdiff.data import read
-
-    x_T = read(data / "test.h5", limit=limit).x[:, -1].numpy()
-    paths = []
-    for i, part in enumerate((x_T[: limit // 2], x_T[limit // 2:])):
-        path = work / f"half-{i}.h5"
-        with h5py.File(path, "w") as f:
-            f["x_T"] = part
-        paths.append(path)
-    return paths
+        "n_samples": n, "note": "one thread per process; inference wall times include each "
+        "process's start-up, the exact-posterior metrics and the figures (rank 0)"},
+        indent=2) + "\n")
 
 
 if __name__ == "__main__":
