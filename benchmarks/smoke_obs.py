@@ -86,70 +86,89 @@ def main() -> None:
     model = load_model(out / "true" / "checkpoint.pt", device)
     test = read(data / "test.h5", simulator="smoke", limit=args.limit)
     system = for_data(test.meta, tuple(test.x.shape[2:]))
-    mid = mid_index(system.meta)
     cond = system.condition(test.extras, str(data / "test.h5"))
-    x_T, truth = test.x[:, -1], test.x[:, mid]
-    shape, m, n = tuple(x_T.shape[1:]), x_T.shape[0], args.n_samples
     result: dict[str, Any] = {"flags": {k: str(v) for k, v in vars(args).items()},
                               "command": "python benchmarks/smoke_obs.py"
                               + (" --quick" if args.quick else ""), "version": code_version(),
                               "device": str(device), "torch_threads": torch.get_num_threads(),
                               "sigma_y": SIGMA, "cases": {}, "targets": []}
+    bench = Bench(args, model, system, test.x, cond, device)
+    for case in args.cases.split(","):
+        rows, targets = bench.case(case)
+        result["cases"][case] = rows
+        result["targets"] += targets
+    for t in result["targets"]:
+        print(f"  {t['name']:52s} {t['value']:9.4g}  {t['target']:8s} "
+              f"{'yes' if t['met'] else 'NO'}")
+    write_text_atomic(out / "smoke_obs.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke_obs.json'}")
 
-    def samples_row(samples: torch.Tensor, seconds: float) -> dict[str, Any]:
-        row = system.evaluate(truth, x_T, samples=samples.cpu(), condition=cond, index=mid)
+
+class Bench:
+    """The test observations, the model and the full-observation reference row."""
+
+    def __init__(self, args: argparse.Namespace, model: Any, system: Any, x: torch.Tensor,
+                 cond: torch.Tensor, device: torch.device) -> None:
+        self.args, self.model, self.system, self.cond, self.device = (args, model, system,
+                                                                      cond, device)
+        self.mid = mid_index(system.meta)
+        self.x_T, self.truth = x[:, -1], x[:, self.mid]
+        self.n = args.n_samples
+        gen = torch.Generator(device).manual_seed(args.seed)
+        t0 = time.perf_counter()
+        full = sample_posterior(model, self.x_T.to(device), self.n, gen,
+                                batch_size=args.batch_size, condition=cond.to(device),
+                                keep=(self.mid,), stop=self.mid)[:, :, 0]
+        self.full_cost = (time.perf_counter() - t0) / (self.x_T.shape[0] * self.n)
+        self.full_row = self.samples_row(full, self.full_cost)
+
+    def samples_row(self, samples: torch.Tensor, seconds: float) -> dict[str, Any]:
+        row = self.system.evaluate(self.truth, self.x_T, samples=samples.cpu(),
+                                   condition=self.cond, index=self.mid)
         row["coverage90_pixels"] = metrics.interval_coverage(
-            samples[:, :, 0].flatten(2).double().cpu(), truth[:, 0].flatten(1).double(), 0.9)
+            samples[:, :, 0].flatten(2).double().cpu(), self.truth[:, 0].flatten(1).double(),
+            0.9)
         row["seconds"] = seconds
         return row
 
-    gen = torch.Generator(device).manual_seed(args.seed)
-    t0 = time.perf_counter()
-    full = sample_posterior(model, x_T.to(device), n, gen, batch_size=args.batch_size,
-                            condition=cond.to(device), keep=(mid,), stop=mid)[:, :, 0]
-    full_cost = (time.perf_counter() - t0) / (m * n)
-    full_row = samples_row(full, full_cost)
-    for case in args.cases.split(","):
+    def case(self, case: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        args, dev, cond, mid = self.args, self.device, self.cond, self.mid
+        m, shape = self.x_T.shape[0], tuple(self.x_T.shape[1:])
         gen = torch.Generator().manual_seed(args.seed)
         op = operator_for(case, shape, gen)
-        y = op(x_T) + SIGMA * torch.randn(op(x_T).shape, generator=gen)
-        rows = {"physdiff, full noise-free x_T": full_row}
+        y = op(self.x_T) + SIGMA * torch.randn(op(self.x_T).shape, generator=gen)
+        rows = {"physdiff, full noise-free x_T": self.full_row}
         t0 = time.perf_counter()
         samples, _, diag = sample_posterior_observed(
-            model, op, y.to(device), SIGMA, n, torch.Generator(device).manual_seed(args.seed),
-            steps=args.langevin_steps, condition=cond.to(device), batch_size=args.batch_size,
+            self.model, op, y.to(dev), SIGMA, self.n, torch.Generator(dev).manual_seed(args.seed),
+            steps=args.langevin_steps, condition=cond.to(dev), batch_size=args.batch_size,
             keep=(mid,), step_factor=1.0)
-        cost = (time.perf_counter() - t0) / (m * n)
-        rows["physdiff"] = samples_row(samples[:, :, 0], cost) | {"max_rhat": diag.max_rhat}
+        cost = (time.perf_counter() - t0) / (m * self.n)
+        rows["physdiff"] = self.samples_row(samples[:, :, 0], cost) | {"max_rhat": diag.max_rhat}
         t0 = time.perf_counter()
-        lbfgs = system.lbfgs_reconstruct(y, cond, mid * system.meta.dt, operator=op)
-        rows["L-BFGS, same misfit"] = system.evaluate(truth, x_T, point=lbfgs, condition=cond,
-                                                      index=mid)
+        lbfgs = self.system.lbfgs_reconstruct(y, cond, mid * self.system.meta.dt, operator=op)
+        rows["L-BFGS, same misfit"] = self.system.evaluate(self.truth, self.x_T, point=lbfgs,
+                                                           condition=cond, index=mid)
         rows["L-BFGS, same misfit"]["seconds"] = (time.perf_counter() - t0) / m
-        naive = reconstruct(model, zero_filled(op, y, shape).to(device), "naive",
-                            condition=cond.to(device), keep=(mid,), stop=mid)[:, 0]
-        rows["naive inverse of zero-filled y"] = system.evaluate(truth, x_T, point=naive.cpu(),
-                                                                 condition=cond, index=mid)
-        print(f"\n{case}: {m} observations, {n} samples each")
+        naive = reconstruct(self.model, zero_filled(op, y, shape).to(dev), "naive",
+                            condition=cond.to(dev), keep=(mid,), stop=mid)[:, 0]
+        rows["naive inverse of zero-filled y"] = self.system.evaluate(
+            self.truth, self.x_T, point=naive.cpu(), condition=cond, index=mid)
+        print(f"\n{case}: {m} observations, {self.n} samples each")
         print_table(rows, COLUMNS, 34, 12)
         ours = rows["physdiff"]
         items = [(f"{case}: MSE per sample / L-BFGS's MSE", ours["mse_per_sample"]
                   / rows["L-BFGS, same misfit"]["mse"], "< 1"),
                  (f"{case}: MSE per sample / naive zero-filled inverse's", ours["mse_per_sample"]
                   / rows["naive inverse of zero-filled y"]["mse"], "< 1"),
-                 (f"{case}: cost per sample / full observation's", cost / full_cost, "<= 5")]
-        result["targets"] += [{"name": a, "value": v, "target": t,
-                               "met": bool(v < 1 if t == "< 1" else v <= 5)}
-                              for a, v, t in items]
-        result["targets"].append({"name": f"{case}: pixel-wise coverage90 of the truth",
-                                  "value": ours["coverage90_pixels"], "target": "reported",
-                                  "met": True})
-        result["cases"][case] = rows
-    for t in result["targets"]:
-        print(f"  {t['name']:52s} {t['value']:9.4g}  {t['target']:8s} "
-              f"{'yes' if t['met'] else 'NO'}")
-    write_text_atomic(out / "smoke_obs.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'smoke_obs.json'}")
+                 (f"{case}: cost per sample / full observation's", cost / self.full_cost,
+                  "<= 5")]
+        targets = [{"name": a, "value": v, "target": t, "met": bool(v < 1 if t == "< 1"
+                                                                    else v <= 5)}
+                   for a, v, t in items]
+        targets.append({"name": f"{case}: pixel-wise coverage90 of the truth",
+                        "value": ours["coverage90_pixels"], "target": "reported", "met": True})
+        return rows, targets
 
 
 if __name__ == "__main__":
