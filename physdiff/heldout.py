@@ -10,7 +10,9 @@ coverage below nominal, too-wide ones above. The spread-skill ratio (mean square
 sample over that of the sample mean, 2n / (n + 1) in expectation for any calibrated posterior)
 catches what pooled coverage misses when most coordinates are easy: on a 64² heat model whose
 band variance ratios were 1.44 / 1.32 / 1.02 / 2.60, coverage90 was 0.94 (inside its tolerance)
-while spread-skill was 18 % above nominal.
+while spread-skill was 18 % above nominal. Its tolerance is ±10 %, or three bootstrap standard
+errors over the cases where that is larger (few cases of a small state: on N-body with 32 cases
+of 20 coordinates the ratio itself scatters by several per cent).
 
 The probability-flow ODE is checked on the same cases: a deterministic reconstruction whose
 held-out MSE exceeds that of one posterior sample is worse than a random draw from the posterior
@@ -67,8 +69,12 @@ def held_out_check(model: Model, trajectories: Tensor, condition: Tensor | None,
     out["spread_skill"] = out["mse_per_sample"] / out["mse_of_mean"]
     out["spread_skill_nominal"] = 2 * N_SAMPLES / (N_SAMPLES + 1)
     skill = out["spread_skill"] / out["spread_skill_nominal"]
+    # few cases of a small state make the ratio itself noisy: widen the tolerance to three
+    # bootstrap standard errors (over cases) where that exceeds the fixed 10 %
+    out["spread_skill_tolerance"] = max(SKILL_TOLERANCE, 3 * _bootstrap_se(samples, x_0)
+                                        / out["spread_skill_nominal"])
     out["calibrated"] = (abs(cov90 - 0.9) <= 0.05 and abs(cov50 - 0.5) <= 0.08
-                         and abs(skill - 1) <= SKILL_TOLERANCE)
+                         and abs(skill - 1) <= out["spread_skill_tolerance"])
     out["verdict"] = verdict(out)
     ode = reconstruct(model, x_T, "ode", batch_size=batch_size, condition=condition).cpu()
     mse_ode = metrics.mse(ode, x_0)
@@ -92,6 +98,16 @@ def ode_verdict(check: dict[str, Any]) -> str:
             "draw does better); use the mean path or the samples")
 
 
+def _bootstrap_se(samples: Tensor, x_0: Tensor, draws: int = 200) -> float:
+    """Standard error of the spread-skill ratio by resampling the held-out cases."""
+    per_sample = (samples - x_0[:, None]).square().flatten(1).mean(1).double()
+    of_mean = (samples.mean(1) - x_0).square().flatten(1).mean(1).double()
+    idx = torch.randint(0, x_0.shape[0], (draws, x_0.shape[0]),
+                        generator=torch.Generator().manual_seed(0))
+    ratios = per_sample[idx].sum(1) / of_mean[idx].sum(1)
+    return float(ratios.std())
+
+
 def verdict(check: dict[str, Any]) -> str:
     """One plain line: calibrated or not, and which way."""
     cov = (f"coverage50 {check['coverage50']:.2f} (nominal 0.50), coverage90 "
@@ -100,7 +116,7 @@ def verdict(check: dict[str, Any]) -> str:
     if check["calibrated"]:
         return f"calibrated: {cov}"
     skill = check["spread_skill"] / check["spread_skill_nominal"]
-    wide = skill > 1 + SKILL_TOLERANCE or (abs(skill - 1) <= SKILL_TOLERANCE
-                                           and check["coverage90"] > 0.9)
+    tol = check.get("spread_skill_tolerance", SKILL_TOLERANCE)
+    wide = skill > 1 + tol or (abs(skill - 1) <= tol and check["coverage90"] > 0.9)
     way = "too wide (under-confident)" if wide else "too narrow or biased (over-confident)"
     return f"NOT calibrated, posterior {way}: {cov}; do not trust its spread"

@@ -159,3 +159,21 @@ def test_held_out_check_names_a_pf_ode_worse_than_a_posterior_draw(
         print_table(report)
     line = next(r for r in buffer.getvalue().splitlines() if r.startswith("ode"))
     assert "unreliable" in line and "63.8" not in line
+
+
+def test_spread_skill_tolerance_widens_only_when_few_cases_make_it_noisy() -> None:
+    """Exact posterior draws (x_0 and the 19 samples exchangeable) whose posterior scale varies
+    10x between cases: over 16 cases of 20 coordinates the ratio scatters by more than 10 %/3,
+    over 16 cases of 4096 coordinates it does not."""
+    from physdiff.heldout import N_SAMPLES, _bootstrap_se
+
+    gen = torch.Generator().manual_seed(0)
+    nominal = 2 * N_SAMPLES / (N_SAMPLES + 1)
+    tolerance = {}
+    for dim in (20, 4096):
+        scale = torch.logspace(-1, 0, 16)[:, None]
+        mu = torch.randn(16, dim, generator=gen)
+        x_0 = mu + scale * torch.randn(16, dim, generator=gen)
+        samples = mu[:, None] + scale[:, None] * torch.randn(16, N_SAMPLES, dim, generator=gen)
+        tolerance[dim] = max(0.10, 3 * _bootstrap_se(samples, x_0) / nominal)
+    assert tolerance[20] > 0.10 and tolerance[4096] == 0.10, tolerance
