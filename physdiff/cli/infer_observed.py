@@ -53,9 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --operator pool: average over factor × factor blocks")
     g.add_argument("--obs-noise", type=_floats, help="σ_y in normalised units: one value, or "
                    "one per observed channel (comma-separated); > 0 with a partial operator")
-    g.add_argument("--langevin-steps", type=non_negative(int), default=2000,
-                   help="Langevin steps of the x_T | y chains (0: the exact draws of the "
-                   "Gaussian start alone, where the system has one, e.g. heat)")
+    g.add_argument("--langevin-steps", type=non_negative(int),
+                   help="Langevin steps of the x_T | y chains (default: the system's own; 0: "
+                   "the exact draws of the Gaussian start alone, where the system has one, "
+                   "e.g. heat, whose default it is)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -288,6 +289,8 @@ def run_observed(args: argparse.Namespace, model: Model, obs: Observed, world: W
     the processes of a torchrun launch. Returns (result, s sampling, s ODE, the x_T draws (M, n,
     *state), split-R̂ (M, 3) and step sizes (M,)); on ranks other than 0 result is None."""
     system, device = model.system, next(model.score.parameters()).device
+    if args.langevin_steps is None:
+        args.langevin_steps = system.default_langevin_steps
     labels = system.report_times()
     keep = list(labels.values())
     n = args.n_samples or system.default_samples

@@ -75,6 +75,8 @@ class System:
     default_samples: ClassVar[int] = 16
     default_batch_size: ClassVar[int] = 512
     keep_paths: ClassVar[bool] = False
+    # Langevin steps of the x_T | y chains for partial observations (infer.py --langevin-steps)
+    default_langevin_steps: ClassVar[int] = 2000
     # train.py --preset NAME: flag defaults tuned for this system (besides the generic 'tiny')
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # generate.py's defaults for the flags every system has: --t-final, --steps, --g
