@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, Check, tiny_run
+from cli_fixtures import TINY, Check, tiny_run
 
 from physdiff.cli import generate, infer, train
 from physdiff.lock import LOCK_NAME, hold
