@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import Check, tiny_run
+from cli_fixtures import Check, tiny_run
 
 from physdiff.cli import infer
 from physdiff.observations import AvgPool
