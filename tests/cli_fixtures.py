@@ -3,8 +3,11 @@ module the tests can import, since examples/burgers/tests has its own)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import torch
 
 from physdiff.cli import generate, train
 
@@ -20,3 +23,15 @@ def tiny_run(out: Path) -> Path:
     train.main(["--data", str(out / "data"), "--out", str(out / "run"), "--preset", "tiny",
                 "--device", "cpu"])
     return out
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch at one thread, as torchrun's processes are in the tests: float results are equal
+    bit for bit only between runs with the same thread count (reduction order)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

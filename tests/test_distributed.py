@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_fixtures import one_thread
 
 from physdiff.cli import generate, infer, train
 
@@ -23,10 +24,13 @@ ARGS = ["--preset", "tiny", "--stages", "1:2,3:2", "--batch-size", "8", "--devic
 def torchrun(*argv: str, check: bool = True, script: str = "train.py"
              ) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(ROOT / script), *argv],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          check=check)
+                          check=False)
+    if check and done.returncode != 0:  # show what the processes said, not just the status
+        raise AssertionError(f"torchrun {script} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +109,8 @@ def test_two_process_inference_writes_the_single_process_posterior(data: Path, d
             "--n-samples", "3", "--batch-size", "6", "--device", "cpu", "--seed", "4"]
     train_x = h5py.File(data / "train.h5")["x"][:5, -1]
     np.save(data / "obs.npy", train_x)
-    infer.main([*argv, "--out", str(data.parent / "infer-one")])
+    with one_thread():  # as each torchrun process
+        infer.main([*argv, "--out", str(data.parent / "infer-one")])
     done = torchrun(*argv, "--out", str(data.parent / "infer-two"), script="infer.py")
     assert "3 chunks over 2 processes" in done.stderr
     with h5py.File(data.parent / "infer-one" / "posterior.h5") as a, \

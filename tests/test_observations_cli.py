@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from cli_fixtures import Check, tiny_run
+from cli_fixtures import Check, one_thread, tiny_run
 
 from physdiff.cli import infer
 from physdiff.observations import AvgPool
@@ -139,7 +139,8 @@ def test_two_processes_write_the_one_process_posterior(run: Path, tmp_path: Path
     argv = ["--checkpoint", str(run / "run/checkpoint.pt"), "--data", str(run / "data/test.h5"),
             "--operator", "pool", "--pool", "2", "--obs-noise", "0.05", "--langevin-steps",
             "40", "--n-samples", "3", "--batch-size", "3", "--device", "cpu", "--seed", "4"]
-    infer.main([*argv, "--out", str(tmp_path / "one")])
+    with one_thread():  # as each torchrun process
+        infer.main([*argv, "--out", str(tmp_path / "one")])
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(root / "infer.py"), *argv, "--out",

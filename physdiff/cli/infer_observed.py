@@ -55,8 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one per observed channel (comma-separated); > 0 with a partial operator")
     g.add_argument("--langevin-steps", type=non_negative(int),
                    help="Langevin steps of the x_T | y chains (default: the system's own; 0: "
-                   "the exact draws of the Gaussian start alone, where the system has one, "
-                   "e.g. heat, whose default it is)")
+                   "the exact draws of the Gaussian start alone, where the system has one)")
 
 
 def _ints(text: str) -> tuple[int, ...]:
