@@ -8,7 +8,7 @@ and never touches torch.distributed.
 How the ranks share the work (physdiff/cli/train.py): every rank holds the same generator and
 draws the same global batch of windows, then keeps its own contiguous slice of batch / N; after
 the backward pass the gradients are averaged across ranks (one all-reduce of the flattened
-gradients). The loss is a mean over equal-sized slices, so an update with N ranks × b windows
+gradients, with the loss and the stop flag appended: one collective per update). The loss is a mean over equal-sized slices, so an update with N ranks × b windows
 equals a single-process update on the same N·b windows, and every rank's generator stays in the
 same state, which makes --resume exact. We average gradients explicitly rather than wrapping the
 networks in DistributedDataParallel: a multi-step rollout calls the score network (and a learned
@@ -28,7 +28,7 @@ from torch import nn
 
 from physdiff.checks import UsageError
 
-__all__ = ["SINGLE", "World", "agree", "average_gradients", "init", "mean"]
+__all__ = ["SINGLE", "World", "agree", "average_gradients", "init"]
 
 
 @dataclass(frozen=True)
@@ -56,27 +56,24 @@ def init(device: torch.device) -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def average_gradients(parameters: Sequence[nn.Parameter], world: World) -> None:
-    """Average .grad across ranks in place (one all-reduce of the flattened gradients)."""
+def average_gradients(parameters: Sequence[nn.Parameter], world: World,
+                      extras: Sequence[float] = ()) -> list[float]:
+    """Average .grad across ranks in place and return the ranks' means of `extras` (e.g. the
+    loss and a stop flag), all in one all-reduce of the flattened gradients with the extras
+    appended: one collective per update instead of three."""
     if world.size == 1:
-        return
+        return list(extras)
     grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads]
+                     + [torch.tensor(list(extras), dtype=grads[0].dtype,
+                                     device=grads[0].device)])
     dist.all_reduce(flat)
     flat /= world.size
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def mean(value: float, world: World) -> float:
-    """The mean of a number across ranks (itself in a world of one)."""
-    if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.item() / world.size
+    return flat[offset:].tolist()
 
 
 def agree(fingerprint: Sequence[float], what: str, world: World) -> None:

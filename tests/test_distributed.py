@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,10 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(data: Path, ddp_ru
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     # the zero-initialised output layer moved: the comparison is not of two untouched nets
     assert a["out.weight"].abs().sum() > 0
+    # the reported loss is the ranks' mean (shared in the gradients' all-reduce): the global one
+    def last_loss(run: Path) -> float:
+        return json.loads((run / "log.jsonl").read_text().splitlines()[-1])["loss"]
+    assert last_loss(ddp_run) == pytest.approx(last_loss(single), rel=1e-5)
 
 
 def test_interrupted_and_resumed_ddp_run_matches_uninterrupted(data: Path, ddp_run: Path) -> None:

@@ -44,7 +44,7 @@ from physdiff.cli.train_config import (
 )
 from physdiff.cli.train_config import parser as _parser
 from physdiff.data import Metadata, Trajectories, read
-from physdiff.distributed import SINGLE, World, agree, average_gradients, init, mean
+from physdiff.distributed import SINGLE, World, agree, average_gradients, init
 from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
@@ -266,6 +266,35 @@ def train(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
+class UpdateSync:
+    """What the ranks share per update, in the one all-reduce of the gradients: the loss (its
+    mean is the reported loss, so every rank skips a non-finite update alike) and whether any
+    rank was asked to stop (a signal may reach only some of them)."""
+
+    def __init__(self, run_: Run, world: World, interrupted: list[bool]) -> None:
+        self.run_, self.world, self.interrupted = run_, world, interrupted
+        self.loss = torch.zeros(())
+        self.means = [0.0, 0.0]
+
+    def wrap(self, loss_fn: Callable[[int, torch.Generator], torch.Tensor]
+             ) -> Callable[[int, torch.Generator], torch.Tensor]:
+        def keep(rollout: int, gen: torch.Generator) -> torch.Tensor:
+            self.loss = loss_fn(rollout, gen)
+            return self.loss
+        return keep
+
+    def after_backward(self) -> None:
+        self.means = average_gradients(self.run_.params, self.world,
+                                       [self.loss.item(), float(bool(self.interrupted))])
+
+    def mean_loss(self, value: float) -> float:
+        return self.means[0]
+
+    @property
+    def stop(self) -> bool:
+        return self.means[1] > 0
+
+
 def _train(args: argparse.Namespace, world: World) -> None:
     run_ = setup(args, world)
     valid_path = args.data / "valid.h5"
@@ -290,10 +319,11 @@ def _train(args: argparse.Namespace, world: World) -> None:
     step, t0 = start, time.perf_counter()
     bar = Progress("train", total, initial=start) if world.main else None
     with log_path.open("a") if world.main else contextlib.nullcontext() as log:
-        for metrics in fit(run_.params, loss_function(run_), run_.optimizer, run_.stages,
-                           run_.cfg.lr, run_.generator, start, skipped, run_.cfg.clip,
-                           after_backward=lambda: average_gradients(run_.params, world),
-                           reduce=lambda value: mean(value, world)):
+        sync = UpdateSync(run_, world, interrupted)
+        for metrics in fit(run_.params, sync.wrap(loss_function(run_)), run_.optimizer,
+                           run_.stages, run_.cfg.lr, run_.generator, start, skipped,
+                           run_.cfg.clip, after_backward=sync.after_backward,
+                           reduce=sync.mean_loss):
             step, skipped = metrics["step"], metrics["skipped"]
             if world.main:
                 if step % run_.cfg.val_every == 0 or step == total:
@@ -307,7 +337,7 @@ def _train(args: argparse.Namespace, world: World) -> None:
                 if step % args.save_every == 0:
                     save(run_, ckpt_path, step, skipped)
             # every rank stops at the same update (a signal may reach only some of them)
-            if step >= stop_at or mean(float(bool(interrupted)), world) > 0:
+            if step >= stop_at or sync.stop:
                 break
     if bar is not None:
         bar.close()
