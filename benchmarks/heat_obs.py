@@ -39,6 +39,7 @@ from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
 from physdiff.observations import AvgPool, Mask, Operator, dense_matrix
 from physdiff.runtime import code_version, pick_device
+from physdiff.systems.heat import mode_variance
 from simulators import heat
 
 CONFIGS = {
@@ -78,14 +79,6 @@ def operator_for(case: str, size: int, gen: torch.Generator) -> tuple[Operator, 
     raise SystemExit(f"--cases: unknown case {case!r} (sensors, hole, pooled)")
 
 
-def fourier_variance(covariance: torch.Tensor, size: int) -> torch.Tensor:
-    """E|x̂_k − m̂_k|² (H, W) of a dense pixel covariance (HW, HW): diag(F C Fᴴ)."""
-    f = torch.fft.fft2(torch.eye(size * size, dtype=torch.float64).reshape(-1, size, size))
-    f = f.reshape(size * size, size * size)  # f[q, k] = exp(−i k·q)
-    c = covariance.to(torch.complex128)
-    return ((f.T @ c) * f.T.conj()).sum(1).real.reshape(size, size)
-
-
 def sample_rows(samples: torch.Tensor, x_0: torch.Tensor, variance: torch.Tensor
                 ) -> dict[str, float]:
     """Metrics of samples (M, n, 1, H, W) of x_0 (M, 1, H, W) against the exact Fourier
@@ -117,7 +110,7 @@ def run_case(args: argparse.Namespace, case: str, model: Any, test: Any, start: 
                                                   meta.norm_mean, meta.norm_std)
     exact = heat.observed_posterior(y.flatten(1)[:, rows_obs].double(), a[rows_obs], sigma,
                                     prior, meta.n_steps, meta.dt, meta.g)
-    variance = fourier_variance(exact.covariance, size)
+    variance = mode_variance(exact.covariance, size, size)
     exact_samples = exact.sample(n, torch.Generator().manual_seed(1))[:, :, None].float()
     out = {"exact posterior samples": sample_rows(exact_samples, x_0, variance)}
     out["exact posterior mean"] = {"mse": metrics.mse(exact.mean[:, None].float(), x_0)}

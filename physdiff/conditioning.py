@@ -17,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from physdiff.gaussian_start import diagonal_conditional_draws, gaussian_conditional_draws
+from physdiff.gaussian_start import (
+    diagonal_conditional_draws,
+    fourier_multiplier,
+    gaussian_conditional_draws,
+)
 from physdiff.model import Model, sample_posterior
 from physdiff.observations import Identity, Operator, as_operator, check_observed
 from physdiff.observations import likelihood_score as _likelihood_score
@@ -84,14 +88,7 @@ def fourier_preconditioner(spectrum: Tensor) -> Score:
     and ρ the observed fraction of pixels: on 8×8 heat with a 25 % mask and σ_y = 0.05 it lowers
     the condition number of the target from about 1500 to about 100.
     """
-    h, w = spectrum.shape[-2:]
-    amplitude = (spectrum.to(torch.float64) / (h * w)).sqrt()
-
-    def apply(x: Tensor) -> Tensor:
-        amp = amplitude.to(device=x.device)
-        return torch.fft.ifft2(amp * torch.fft.fft2(x)).real.to(x.dtype)
-
-    return apply
+    return fourier_multiplier(spectrum, 0.5)
 
 
 def _largest_curvature(score: Score, x: Tensor, precondition: Score, iterations: int,

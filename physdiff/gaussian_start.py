@@ -29,7 +29,8 @@ from torch import Tensor
 from physdiff.samplers import randn_like, repeat_samples
 from physdiff.sde import expand_like
 
-__all__ = ["diagonal_conditional_draws", "end_state_spectrum", "gaussian_conditional_draws"]
+__all__ = ["diagonal_conditional_draws", "end_state_spectrum", "fourier_multiplier",
+           "gaussian_conditional_draws"]
 
 Linear = Callable[[Tensor], Tensor]
 
@@ -43,14 +44,15 @@ def end_state_spectrum(x_T: Tensor) -> tuple[Tensor, Tensor]:
     return mean.to(x_T.dtype), spectrum
 
 
-def _covariance(spectrum: Tensor, power: float) -> Linear:
-    """v ↦ Re ifft2((S / HW)^power · fft2(v)) over the last two dims."""
+def fourier_multiplier(spectrum: Tensor, power: float) -> Linear:
+    """v ↦ Re ifft2((S / HW)^power · fft2(v)) over the last two dims, in v's dtype: power 1 is
+    the stationary covariance with spectrum S (fft2 units), power ½ its square root."""
     h, w = spectrum.shape[-2:]
-    multiplier = (spectrum / (h * w)).pow(power)
+    multiplier = (spectrum.to(torch.float64) / (h * w)).pow(power)
 
     def apply(v: Tensor) -> Tensor:
         m = multiplier.to(device=v.device)
-        return torch.fft.ifft2(m * torch.fft.fft2(v.to(torch.float64))).real.to(v.dtype)
+        return torch.fft.ifft2(m * torch.fft.fft2(v)).real.to(v.dtype)
 
     return apply
 
@@ -108,7 +110,7 @@ def gaussian_conditional_draws(mean: Tensor, spectrum: Tensor, operator: Linear,
     Returns:
         Draws (M, n, C, H, W) in y's dtype (float64 inside) and the CG iterations used.
     """
-    return _matheron(mean, _covariance(spectrum, 0.5), _covariance(spectrum, 1.0),
+    return _matheron(mean, fourier_multiplier(spectrum, 0.5), fourier_multiplier(spectrum, 1.0),
                      tuple(spectrum.shape), operator, y, sigma, n, generator, tol, max_iter)
 
 
