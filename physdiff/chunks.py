@@ -11,7 +11,7 @@ so the files they write are equal bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from physdiff.distributed import World
 
-__all__ = ["chunk_generator", "gather_chunks", "observation_chunks", "run_chunks"]
+__all__ = ["busiest_seconds", "chunk_generator", "gather_chunks", "observation_chunks",
+           "run_chunks", "shared_chunks"]
 
 T = TypeVar("T")
 
@@ -58,3 +59,18 @@ def gather_chunks(mine: dict[int, T], count: int, world: World) -> list[T] | Non
         return None
     merged = {k: v for part in parts for k, v in part.items()}
     return [merged[i] for i in range(count)]
+
+
+def shared_chunks(count: int, work: Callable[[int], T], world: World,
+                  progress: Callable[[], None] | None = None) -> list[T] | None:
+    """`run_chunks` on this process's share, then `gather_chunks`: every chunk's result in
+    chunk order on rank 0, None elsewhere."""
+    return gather_chunks(run_chunks(count, work, world, progress), count, world)
+
+
+def busiest_seconds(parts: list[dict[str, Any]], keys: tuple[str, ...], world: World
+                    ) -> list[float]:
+    """Per key of the chunks' timings, the largest sum over one process's chunks (chunk i ran
+    on rank i mod world size): the wall time of processes working side by side."""
+    return [max(sum(p[k] for i, p in enumerate(parts) if i % world.size == r)
+                for r in range(world.size)) for k in keys]

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from physdiff.chunks import chunk_generator, gather_chunks, observation_chunks, run_chunks
+from physdiff.chunks import busiest_seconds, chunk_generator, observation_chunks, shared_chunks
 from physdiff.cli import infer_observed
 from physdiff.cli.common import (
     Progress,
@@ -186,18 +186,14 @@ def run_samplers(args: argparse.Namespace, model: Model, x_T: torch.Tensor,
         return {"samples": samples.cpu(), "paths": None if paths is None else paths.cpu(),
                 "ode": ode.cpu(), "mean": mean.cpu(), "t_sde": t_sde, "t_ode": t_ode}
 
-    parts = gather_chunks(run_chunks(len(chunks), work, world,
-                                     None if bar is None else bar.update), len(chunks), world)
+    parts = shared_chunks(len(chunks), work, world, None if bar is None else bar.update)
     if bar is not None:
         bar.close()
     if parts is None:
         return None, 0.0, 0.0
     cat = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]).to(x_T.device)
            for k in ("samples", "paths", "ode", "mean")}
-    # wall time of the processes working side by side: the busiest one's
-    busy = [sum(p[k] for i, p in enumerate(parts) if i % world.size == r)
-            for k in ("t_sde", "t_ode") for r in range(world.size)]
-    t_sde, t_ode = max(busy[:world.size]), max(busy[world.size:])
+    t_sde, t_ode = busiest_seconds(parts, ("t_sde", "t_ode"), world)
 
     def by_label(x: torch.Tensor, dim: int) -> dict[str, torch.Tensor]:
         return {label: x.select(dim, i) for i, label in enumerate(labels)}

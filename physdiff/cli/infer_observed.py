@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from physdiff.chunks import chunk_generator, gather_chunks, observation_chunks, run_chunks
+from physdiff.chunks import busiest_seconds, chunk_generator, observation_chunks, shared_chunks
 from physdiff.cli.common import Progress, UsageError, non_negative, note, positive
 from physdiff.conditioning import sample_posterior_observed
 from physdiff.distributed import SINGLE, World, agree
@@ -322,15 +322,13 @@ def run_observed(args: argparse.Namespace, model: Model, obs: Observed, world: W
                 "mean": mean.cpu(), "rhat": diag.rhat.cpu(), "step_size": diag.step_size.cpu(),
                 "t_sde": t1 - t0, "t_ode": t2 - t1}
 
-    parts = gather_chunks(run_chunks(len(chunks), work, world,
-                                     None if bar is None else bar.update), len(chunks), world)
+    parts = shared_chunks(len(chunks), work, world, None if bar is None else bar.update)
     if bar is not None:
         bar.close()
     if parts is None:
         return None, 0.0, 0.0, {}
     cat = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if not k.startswith("t_")}
-    busy = [sum(p[k] for i, p in enumerate(parts) if i % world.size == r)
-            for k in ("t_sde", "t_ode") for r in range(world.size)]
+    t_sde, t_ode = busiest_seconds(parts, ("t_sde", "t_ode"), world)
     x_T_mean = cat["x_T_samples"].mean(1).to(device)
     result = InferenceResult(
         model, x_T_mean, condition,
@@ -339,7 +337,7 @@ def run_observed(args: argparse.Namespace, model: Model, obs: Observed, world: W
         {label: cat["mean"][:, i].to(device) for i, label in enumerate(labels)},
         noise=args.noise, seed=args.seed)
     extra = {k: cat[k] for k in ("x_T_samples", "rhat", "step_size")}
-    return result, max(busy[:world.size]), max(busy[world.size:]), extra
+    return result, t_sde, t_ode, extra
 
 
 def posterior_arrays(obs: Observed, extra: dict[str, Tensor]
