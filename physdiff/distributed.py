@@ -28,7 +28,7 @@ from torch import nn
 
 from physdiff.checks import UsageError
 
-__all__ = ["SINGLE", "World", "agree", "average_gradients", "init"]
+__all__ = ["SINGLE", "World", "agree", "average_gradients", "init", "sum_across"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def init(device: torch.device) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -76,12 +78,28 @@ def average_gradients(parameters: Sequence[nn.Parameter], world: World,
     return flat[offset:].tolist()
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective live: nccl reduces only CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_across(values: Sequence[float], world: World) -> list[float]:
+    """The sums of `values` over the ranks (float64; the values themselves in a world of one)."""
+    if world.size == 1:
+        return list(values)
+    summed = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(summed)
+    return summed.tolist()
+
+
 def agree(fingerprint: Sequence[float], what: str, world: World) -> None:
     """Raise the same one-line UsageError on every rank if the ranks' fingerprints differ (e.g.
     of the data they read), instead of training on different data or hanging."""
     if world.size == 1:
         return
-    mine = torch.tensor(list(fingerprint), dtype=torch.float64)
+    mine = torch.tensor(list(fingerprint), dtype=torch.float64, device=_collective_device())
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)

@@ -71,9 +71,11 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(data: Path, ddp_ru
     # the zero-initialised output layer moved: the comparison is not of two untouched nets
     assert a["out.weight"].abs().sum() > 0
     # the reported loss is the ranks' mean (shared in the gradients' all-reduce): the global one
-    def last_loss(run: Path) -> float:
-        return json.loads((run / "log.jsonl").read_text().splitlines()[-1])["loss"]
-    assert last_loss(ddp_run) == pytest.approx(last_loss(single), rel=1e-5)
+    def last(run: Path, key: str) -> float:
+        return json.loads((run / "log.jsonl").read_text().splitlines()[-1])[key]
+    assert last(ddp_run, "loss") == pytest.approx(last(single, "loss"), rel=1e-5)
+    # the validation loss is summed over the ranks' halves of the validation trajectories
+    assert last(ddp_run, "val_loss") == pytest.approx(last(single, "val_loss"), rel=1e-5)
 
 
 def test_interrupted_and_resumed_ddp_run_matches_uninterrupted(data: Path, ddp_run: Path) -> None:

@@ -44,7 +44,7 @@ from physdiff.cli.train_config import (
 )
 from physdiff.cli.train_config import parser as _parser
 from physdiff.data import Metadata, Trajectories, read
-from physdiff.distributed import SINGLE, World, agree, average_gradients, init
+from physdiff.distributed import SINGLE, World, agree, average_gradients, init, sum_across
 from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
@@ -206,8 +206,11 @@ def _pairs_loss(run_: Run, window: torch.Tensor, t_end: torch.Tensor,
                          window[:, 1:].flatten(0, 1), t_next, meta.dt, meta.g)
 
 
-def validation(run_: Run, valid: Trajectories, source: str) -> Callable[[], float]:
-    """() -> the one-step loss over every step of the first validation trajectories."""
+def validation(run_: Run, valid: Trajectories, source: str) -> Callable[..., float]:
+    """(world) -> the one-step loss over every step of the first validation trajectories. With
+    a world of several ranks, each scores its own contiguous share of the trajectories and the
+    sums are added across ranks (every rank must call it at the same update); the default world
+    of one scores them all here."""
     cfg, meta = run_.cfg, valid.meta
     val = valid.x[:cfg.val_trajectories].to(run_.device)
     val_times = meta.times()[1:].to(run_.device, val.dtype)
@@ -215,19 +218,23 @@ def validation(run_: Run, valid: Trajectories, source: str) -> Callable[[], floa
     val_cond = None if condition is None else condition[:cfg.val_trajectories]
 
     @torch.no_grad()
-    def validate() -> float:
+    def validate(world: World = SINGLE) -> float:
         run_.model.eval()
+        n = val.shape[0]
+        first, last = n * world.rank // world.size, n * (world.rank + 1) // world.size
         total, count = 0.0, 0
-        for i in range(0, val.shape[0], cfg.val_chunk):
-            chunk = val[i:i + cfg.val_chunk]
+        for i in range(first, last, cfg.val_chunk):
+            j = min(i + cfg.val_chunk, last)
+            chunk = val[i:j]
             k = chunk.shape[1] - 1
             cond = (None if val_cond is None
-                    else val_cond[i:i + cfg.val_chunk].repeat_interleave(k, 0).to(run_.device))
+                    else val_cond[i:j].repeat_interleave(k, 0).to(run_.device))
             total += one_step_loss(run_.drift_for(cond), chunk[:, :-1].flatten(0, 1),
                                    chunk[:, 1:].flatten(0, 1), val_times.repeat(chunk.shape[0]),
                                    meta.dt, meta.g).item() * chunk.shape[0]
             count += chunk.shape[0]
         run_.model.train()
+        total, count = sum_across([total, count], world)
         return total / count
 
     return validate
@@ -325,9 +332,9 @@ def _train(args: argparse.Namespace, world: World) -> None:
                            run_.cfg.clip, after_backward=sync.after_backward,
                            reduce=sync.mean_loss):
             step, skipped = metrics["step"], metrics["skipped"]
+            if step % run_.cfg.val_every == 0 or step == total:
+                metrics["val_loss"] = validate(world)  # shared by the ranks
             if world.main:
-                if step % run_.cfg.val_every == 0 or step == total:
-                    metrics["val_loss"] = validate()
                 if step % 10 == 0 or "val_loss" in metrics:
                     metrics["time"] = round(time.perf_counter() - t0, 2)
                     log.write(json.dumps(metrics) + "\n")
