@@ -15,12 +15,14 @@ from typing import Any
 
 import h5py
 
+from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py, datasets/
 
-__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "script", "train_model"]
+__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "script", "train_model",
+           "with_end_state"]
 
 
 def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
@@ -99,3 +101,18 @@ def mean_seconds(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t0) / repeats
+
+
+def with_end_state(model: Any, data: Path) -> list[str]:
+    """Give a model whose checkpoint predates some of the end-state statistics its system now
+    keeps (train.py stores them after training) the ones train.py would store: of the end
+    states of the first `calibration_trajectories` training trajectories in data/train.h5.
+    Returns the names added (empty for an up-to-date checkpoint); the benchmark records them."""
+    n_cal = int(model.config.get("calibration_trajectories", 512))
+    train = read(data / "train.h5", simulator=model.meta.simulator, limit=n_cal)
+    fresh = model.system.end_state_statistics(train.x[:, -1]) or {}
+    have = model.end_state or {}
+    added = sorted(set(fresh) - set(have))
+    if added:
+        model.end_state = {**have, **{k: fresh[k] for k in added}}
+    return added

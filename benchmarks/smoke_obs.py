@@ -5,8 +5,9 @@ item 5), with the models of benchmarks/smoke.py (run it first).
 Cases (σ_y = 0.01, in the data's units):
   density  the smoke channel only (velocities unknown);
   cells    the smoke channel on 10 % of the cells (random, seeded).
-Methods on the same observation: physdiff (the x_T | y chains of physdiff/conditioning.py with
-the system's defaults, then the reverse SDE to t = 0.35), L-BFGS through the simulator on the
+Methods on the same observation: physdiff (x_T | y from physdiff/conditioning.py with the
+system's defaults: draws of the training end states' per-coordinate Gaussian conditioned on y,
+no Langevin steps; then the reverse SDE to t = 0.35), L-BFGS through the simulator on the
 same misfit ‖A(S(x)) − y‖² from zeros, and the naive inverse (−dt simulator) of the observation
 filled with zeros where it is missing; beside them physdiff from the full, noise-free x_T. Rows:
 smoke MSE at t = 0.35, per sample and of the mean, re-simulation MSE, the pixel-wise 90 %
@@ -25,7 +26,7 @@ import time
 from typing import Any
 
 import torch
-from common import ROOT, base_parser, print_table
+from common import ROOT, base_parser, print_table, with_end_state
 
 from physdiff import metrics
 from physdiff.conditioning import sample_posterior_observed
@@ -51,7 +52,8 @@ COLUMNS = [("mse", "MSE t=.35", "{:.4g}"), ("mse_per_sample", "MSE/sample", "{:.
 def parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__, n_samples=4, batch_size=32)
     p.set_defaults(limit=10)
-    p.add_argument("--langevin-steps", type=int, default=500)
+    p.add_argument("--langevin-steps", type=int,
+                   help="Langevin steps for x_T | y (default: the system's, 0 for smoke)")
     p.add_argument("--cases", default="density,cells")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -84,6 +86,11 @@ def main() -> None:
     device = pick_device(args.device)
     out, data = ROOT / cfg["out"], ROOT / cfg["data"]
     model = load_model(out / "true" / "checkpoint.pt", device)
+    added = with_end_state(model, data)
+    if added:
+        print(f"end-state statistics {added} not in the checkpoint: computed from train.h5")
+    if args.langevin_steps is None:
+        args.langevin_steps = model.system.default_langevin_steps
     test = read(data / "test.h5", simulator="smoke", limit=args.limit)
     system = for_data(test.meta, tuple(test.x.shape[2:]))
     cond = system.condition(test.extras, str(data / "test.h5"))
@@ -91,7 +98,8 @@ def main() -> None:
                               "command": "python benchmarks/smoke_obs.py"
                               + (" --quick" if args.quick else ""), "version": code_version(),
                               "device": str(device), "torch_threads": torch.get_num_threads(),
-                              "sigma_y": SIGMA, "cases": {}, "targets": []}
+                              "sigma_y": SIGMA, "end_state_from_data": added, "cases": {},
+                              "targets": []}
     bench = Bench(args, model, system, test.x, cond, device)
     for case in args.cases.split(","):
         rows, targets = bench.case(case)

@@ -298,10 +298,12 @@ def _check_finite(x: Tensor, step_factor: float) -> None:
 
 
 def _system_defaults(model: Model, op: Operator, y: Tensor, sigma: float | Tensor, n: int,
-                     generator: torch.Generator, langevin: dict[str, Any]) -> dict[str, Any]:
+                     generator: torch.Generator, langevin: dict[str, Any],
+                     spread: float = 0.1) -> dict[str, Any]:
     """The system's preconditioner and chain start where the caller gave none (linear A):
-    exact draws of a stationary Gaussian's conditional (fields), else draws near the
-    conditional mean of the training end states' per-coordinate Gaussian."""
+    exact draws of a stationary Gaussian's conditional (fields), else draws of the training
+    end states' per-coordinate Gaussian's conditional with the prior deviation scaled by `spread` (1: exact
+    draws of that conditional)."""
     state_shape = tuple(model.system.state_shape)
     sig = check_observed(op, y, sigma, state_shape).to(y.device)
     out = dict(langevin)
@@ -316,10 +318,8 @@ def _system_defaults(model: Model, op: Operator, y: Tensor, sigma: float | Tenso
         out["init"], _ = gaussian_conditional_draws(mean, spectrum, op, y, sig, n, generator)
         out.setdefault("init_scale", 0.0)
     elif "variance" in stats and op.linear:
-        # near the conditional mean of the per-coordinate Gaussian, with a tenth of its prior
-        # spread: independent per-coordinate noise is far off what the score network has seen
         out["init"], _ = diagonal_conditional_draws(stats["mean"], stats["variance"], op, y,
-                                                    sig, n, generator, spread=0.1)
+                                                    sig, n, generator, spread=spread)
         out.setdefault("init_scale", 0.0)
     return out
 
@@ -371,11 +371,17 @@ def sample_posterior_observed(
         return score(x, t_end.expand(x.shape[0]))
 
     op = as_operator(operator)
-    if steps == 0 and ("init" in langevin or model.system.end_state_gaussian(model) is None
-                       or not op.linear):
+    gaussian = (model.system.end_state_gaussian(model) is not None
+                or "variance" in (model.end_state or {}))
+    if steps == 0 and ("init" in langevin or not gaussian or not op.linear):
         raise ValueError("Langevin steps 0 (the Gaussian start alone) needs a linear operator "
-                         "and a system with a stationary end-state spectrum in the checkpoint")
-    langevin = _system_defaults(model, op, y, sigma, n, generator, langevin)
+                         "and end-state statistics in the checkpoint (train.py stores them; "
+                         "an older checkpoint has none: retrain, or pass Langevin steps > 0)")
+    # With no Langevin steps the start draws are the x_T posterior: exact draws of the
+    # per-coordinate Gaussian's conditional. As a start for chains they stay near its mean
+    # instead: independent per-coordinate noise is far off what the score network has seen.
+    langevin = _system_defaults(model, op, y, sigma, n, generator, langevin,
+                                spread=1.0 if steps == 0 else 0.1)
     x_T, diagnostics = sample_end_states(prior_score, operator, y, sigma, n, generator, steps,
                                          state_shape=state_shape, **langevin)
     x_0 = sample_posterior(model, x_T.reshape(-1, *state_shape), 1, generator, noise,

@@ -195,3 +195,39 @@ def test_zero_langevin_steps_returns_the_gaussian_start_draws(run: Path, tmp_pat
     pooled = AvgPool(2)(draws.flatten(0, 1)).reshape(*draws.shape[:2], *y.shape[1:])
     assert (pooled.mean(1) - y).square().mean().sqrt() < 3 * sigma / draws.shape[1]**0.5
     assert 0.6 * sigma < pooled.std(1).square().mean().sqrt() < 1.4 * sigma
+
+
+def test_zero_steps_without_a_spectrum_draws_the_per_coordinate_gaussian_conditional(
+        run: Path) -> None:
+    """A system without a stationary end-state spectrum (smoke's default path): with no
+    Langevin steps the x_T draws are exact draws of the training end states' per-coordinate
+    Gaussian conditioned on y: prior mean and variance where nothing is observed, the
+    precision-weighted mean and variance v σ² / (v + σ²) where a pixel is seen. Without
+    end-state statistics at all, steps 0 is a one-line error."""
+    from physdiff.conditioning import sample_posterior_observed
+    from physdiff.data import read
+    from physdiff.model import load_model
+    from physdiff.observations import Mask
+
+    model = load_model(run / "run/checkpoint.pt")
+    x_T = read(run / "data/train.h5").x[:, -1]
+    mu, var = x_T.mean(0), x_T.var(0)
+    model.end_state = {"mean": mu, "variance": var}  # no spectrum: the per-coordinate start
+    mask = (torch.arange(mu.numel()) % 2 == 0).float().reshape(mu.shape)
+    sigma, n = 0.05, 1200
+    y = Mask(mask)(x_T[:1]) + 0.3
+    _, draws, _ = sample_posterior_observed(model, Mask(mask), y, sigma, n,
+                                            torch.Generator().manual_seed(0), steps=0)
+    d = draws[0].double()
+    seen = mask.bool()
+    post_var = var * sigma**2 / (var + sigma**2)
+    post_mean = (var * y[0] + sigma**2 * mu) / (var + sigma**2)
+    for where, m, v in ((~seen, mu, var), (seen, post_mean, post_var)):
+        z = (d.mean(0) - m)[where] / (v[where] / n).sqrt()
+        assert z.abs().max() < 4.5
+        ratio = d.var(0)[where] / v[where]
+        assert 0.8 < ratio.min() and ratio.max() < 1.25
+    model.end_state = None
+    with pytest.raises(ValueError, match="end-state statistics"):
+        sample_posterior_observed(model, Mask(mask), y, sigma, 2,
+                                  torch.Generator().manual_seed(0), steps=0)

@@ -40,6 +40,9 @@ class SmokeSystem(System):
     name: ClassVar[str] = "smoke"
     default_samples: ClassVar[int] = 8
     default_batch_size: ClassVar[int] = 32
+    # x_T | y is drawn from the training end states' per-coordinate Gaussian conditioned on y,
+    # without Langevin steps: chains on s_θ(·, T) diverge here (benchmarks/smoke_obs.py, README)
+    default_langevin_steps: ClassVar[int] = 0
     generate_defaults: ClassVar[dict[str, float | int]] = {"t_final": 0.65, "steps": 65, "g": 0.1}
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # smoke-64: a U-Net of width 16, the one-step loss, then rollouts through the
