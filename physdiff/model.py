@@ -35,6 +35,10 @@ class Model:
     config: dict[str, Any]
     physics_net: nn.Module | None = None
     end_state: dict[str, Tensor] | None = None  # the system's statistics of training x_T
+    # the networks as they stood after the one-step stage, for the probability-flow ODE
+    # (`flow_drift`; docs/method.md §4); None: the ODE uses the final networks
+    flow_score: nn.Module | None = None
+    flow_physics: nn.Module | None = None
 
     @property
     def physics(self) -> str:
@@ -51,6 +55,16 @@ class Model:
         return reverse_drift(physics, score or self.system.score_fn(self.score, condition),
                              self.meta.g, c)
 
+    def flow_drift(self, condition: Tensor | None = None) -> Drift:
+        """The probability-flow drift P − ½ g² s, with the networks kept after the one-step
+        stage where the checkpoint has them: multi-step training fits c = 1 rollouts and
+        moves s_θ away from the score the neutral c = ½ flow needs (docs/method.md §4)."""
+        if self.flow_score is None:
+            return self.drift(c=0.5, condition=condition)
+        physics = self.system.physics_drift(self.physics, self.flow_physics, condition)
+        return reverse_drift(physics, self.system.score_fn(self.flow_score, condition),
+                             self.meta.g, 0.5)
+
     def times(self, device: torch.device, stop: int = 0) -> Tensor:
         """Reverse grid t_K .. t_stop, float32 on device."""
         return self.meta.times()[stop:].flip(0).to(device, torch.float32)
@@ -64,20 +78,33 @@ def load_model(path: Path, device: torch.device | str = "cpu", system: str | Non
     meta = Metadata(**state["meta"])
     cfg = state["config"]
     system_ = for_data(meta, tuple(state["state_shape"]), system or cfg.get("system"))
-    physics = cfg.get("physics", "true")
-    score = system_.score_net(cfg["width"], cfg["depth"], cfg["spectral"], physics)
-    physics_net = system_.physics_net(cfg["physics_width"]) if physics == "learned" else None
     try:
-        score.load_state_dict(state["model"])
-        if physics_net is not None:
-            physics_net.load_state_dict(state["physics"])
-            physics_net.to(device).eval()
+        score, physics_net = networks(system_, cfg, state["model"], state.get("physics"),
+                                      device)
+        flow = state.get("flow")
+        flow_score, flow_physics = (networks(system_, cfg, flow["score"], flow["physics"],
+                                             device) if flow else (None, None))
     except (RuntimeError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
-    score.to(device).eval()
     return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net,
-                 state.get("end_state"))
+                 state.get("end_state"), flow_score, flow_physics)
+
+
+def networks(system_: System, cfg: dict[str, Any], score_state: dict[str, Tensor],
+             physics_state: dict[str, Tensor] | None, device: torch.device | str
+             ) -> tuple[nn.Module, nn.Module | None]:
+    """The score network (and learned physics network, where the config has one) a training
+    config describes, with the given weights, on `device`, in eval mode."""
+    physics = cfg.get("physics", "true")
+    score = system_.score_net(cfg["width"], cfg["depth"], cfg["spectral"], physics)
+    score.load_state_dict(score_state)
+    physics_net = None
+    if physics == "learned":
+        physics_net = system_.physics_net(cfg["physics_width"])
+        physics_net.load_state_dict(physics_state)
+        physics_net.to(device).eval()
+    return score.to(device).eval(), physics_net
 
 
 def read_split(path: Path, model: Model, limit: int | None = None) -> Trajectories:
@@ -204,7 +231,7 @@ def reconstruct(model: Model, x_T: Tensor, kind: str, method: str = "euler",
     for xb, cb in _batches(x_T, condition, batch_size):
         paths = not _end_only(keep, stop)
         if kind == "ode":
-            path = probability_flow(model.drift(c=0.5, condition=cb), xb, ts, method,
+            path = probability_flow(model.flow_drift(cb), xb, ts, method,
                                     return_path=paths)
         elif kind in ("mean", "naive"):
             score = zero_drift if kind == "naive" else None

@@ -83,7 +83,8 @@ def test_train_writes_checkpoint_log_and_calibration(trained: Path) -> None:
 def test_resume_after_interruption_matches_uninterrupted_run(data: Path, trained: Path,
                                                              tmp_path: Path) -> None:
     argv = ["--data", str(data), "--out", str(tmp_path), "--preset", "tiny", "--device", "cpu"]
-    train.main([*argv, "--stop-after", "7"])  # stops mid-stage-2 with a checkpoint
+    train.main([*argv, "--stop-after", "3"])  # inside the one-step stage's weight average
+    train.main([*argv, "--resume", "--stop-after", "4"])  # stops mid-stage-2 with a checkpoint
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 7
     train.main([*argv, "--resume"])
     a = torch.load(trained / "checkpoint.pt", weights_only=True)
@@ -91,6 +92,32 @@ def test_resume_after_interruption_matches_uninterrupted_run(data: Path, trained
     assert a["step"] == b["step"] == 10
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    # the networks kept for the probability-flow ODE (after update 6) survive the interruptions
+    assert a["flow"]["step"] == b["flow"]["step"] == 6
+    for k in a["flow"]["score"]:
+        torch.testing.assert_close(a["flow"]["score"][k], b["flow"]["score"][k], rtol=0, atol=0)
+
+
+def test_probability_flow_uses_the_networks_of_the_one_step_stage(data: Path, trained: Path,
+                                                                   tmp_path: Path) -> None:
+    """The tiny curriculum 1:6,2:4 keeps the score network as it stood after
+    update 6: the weights a run of the one-step stage alone (same seed and learning rate) ends
+    with, so the PF-ODE of the multi-step model equals that run's bit for bit, while its mean
+    path uses the final network. A one-step-only curriculum keeps no snapshot."""
+    from physdiff.model import load_model, reconstruct
+    argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu"]
+    train.main([*argv, "--out", str(tmp_path), "--stages", "1:6:1"])
+    multi, one = trained / "checkpoint.pt", tmp_path / "checkpoint.pt"
+    a, b = (torch.load(p, weights_only=True) for p in (multi, one))
+    assert a["flow"]["step"] == 6 and b.get("flow") is None
+    for k in b["model"]:
+        torch.testing.assert_close(a["flow"]["score"][k], b["model"][k], rtol=0, atol=0)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    x_T = torch.from_numpy(h5py.File(data / "test.h5")["x"][:, -1])
+    m_multi, m_one = load_model(multi), load_model(one)
+    torch.testing.assert_close(reconstruct(m_multi, x_T, "ode"), reconstruct(m_one, x_T, "ode"),
+                               rtol=0, atol=0)
+    assert not torch.equal(reconstruct(m_multi, x_T, "mean"), reconstruct(m_one, x_T, "mean"))
 
 
 def test_infer_writes_samples_and_metrics(data: Path, trained: Path, tmp_path: Path) -> None:

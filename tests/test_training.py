@@ -84,7 +84,7 @@ def test_one_step_term_of_a_window_is_the_mean_of_its_pairs_one_step_losses() ->
     once: each pair must see its own time t_{k-S+j+1}, as one_step_loss on that pair alone."""
     from types import SimpleNamespace
 
-    from physdiff.cli.train import _pairs_loss
+    from physdiff.cli.train_run import _pairs_loss
     from physdiff.losses import one_step_loss
 
     dt, g = 0.1, 0.3

@@ -15,7 +15,8 @@ offers one); 'none' drops the physics so that the network alone learns the rever
 (baseline).
 
 Outputs in --out: checkpoint.pt (score and physics weights, optimiser, step, RNG state, config,
-normalisation, noise calibration), config.json, log.jsonl (one JSON line per logged step),
+normalisation, noise calibration, the end-state statistics, and the weights as they stood after
+the leading one-step stage, which the probability-flow ODE uses), config.json, log.jsonl (one JSON line per logged step),
 loss.png.
 """
 
@@ -28,123 +29,40 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from physdiff import plots, systems
+from physdiff import plots
 from physdiff.cli.common import Progress, UsageError, note, run
-from physdiff.cli.train_config import (
-    TrainConfig,
-    make_config,
-    parse_stages,
-)
+from physdiff.cli.train_config import TrainConfig, parse_stages
 from physdiff.cli.train_config import parser as _parser
-from physdiff.data import Metadata, Trajectories, read
-from physdiff.distributed import SINGLE, World, agree, average_gradients, init, sum_across
+from physdiff.cli.train_run import (
+    Batches,
+    Run,
+    calibrate,
+    flow_snapshot_step,
+    loss_function,
+    setup,
+    snapshot,
+    validation,
+)
+from physdiff.data import Trajectories, read
+from physdiff.distributed import World, average_gradients, init
 from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
-from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
-from physdiff.model import Model
+from physdiff.model import Model, networks
 from physdiff.runtime import code_version, pick_device
-from physdiff.sde import Drift, reverse_drift
-from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
+from physdiff.training import fit, load_checkpoint, save_checkpoint
 
 __all__ = ["Batches", "Run", "loss_function", "main", "parse_stages", "parser", "setup"]
 
 
 def parser() -> argparse.ArgumentParser:
     return _parser(__doc__)
-
-
-class Batches:
-    """Random windows from in-memory trajectories, with their condition (or None); every draw
-    uses the given generator."""
-
-    def __init__(self, x: torch.Tensor, meta: Metadata, system: Any, device: torch.device,
-                 augment: bool, condition: torch.Tensor | None = None,
-                 world: World = SINGLE) -> None:
-        self.x, self.meta, self.system, self.device, self.augment = x, meta, system, device, augment
-        self.condition, self.world = condition, world
-
-    def __call__(self, batch_size: int, rollout: int, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        n, k_plus_1 = self.x.shape[:2]
-        traj = torch.randint(0, n, (batch_size,), generator=generator)
-        end = torch.randint(rollout, k_plus_1, (batch_size,), generator=generator)
-        # every rank draws the same global batch and keeps its slice (physdiff/distributed.py)
-        share = batch_size // self.world.size
-        traj, end = (v[self.world.rank * share:(self.world.rank + 1) * share] for v in (traj, end))
-        steps = end[:, None] - rollout + torch.arange(rollout + 1)
-        window = self.x[traj[:, None], steps]
-        if self.augment:
-            window = self.system.augment(window, generator)
-        t_end = end.double() * self.meta.dt
-        cond = None if self.condition is None else self.condition[traj].to(self.device)
-        return window.to(self.device), t_end.to(self.device, window.dtype), cond
-
-
-@dataclass
-class Run:
-    """Everything one training run holds: data, system, networks, optimiser, generator."""
-
-    cfg: TrainConfig
-    stages: list[Stage]
-    data: Trajectories
-    system: systems.System
-    condition: torch.Tensor | None
-    model: torch.nn.Module
-    physics_net: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    device: torch.device
-    world: World = SINGLE
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        nets = [self.model] + ([self.physics_net] if self.physics_net is not None else [])
-        return [p for net in nets for p in net.parameters()]
-
-    def drift_for(self, cond: torch.Tensor | None) -> Drift:
-        """The c = 1 reverse drift, bound to a batch's condition (None for most systems)."""
-        return reverse_drift(
-            self.system.physics_drift(self.cfg.physics, self.physics_net, cond),
-            self.system.score_fn(self.model, cond), self.data.meta.g, c=1.0)
-
-
-def setup(args: argparse.Namespace, world: World = SINGLE) -> Run:
-    """Read the data, check the curriculum against it, build networks and optimiser."""
-    device = pick_device(args.device)
-    if world.size > 1 and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    data = read(args.data / "train.h5")
-    system = systems.for_data(data.meta, tuple(data.x.shape[2:]), args.system)
-    cfg = make_config(args, system)
-    stages = parse_stages(cfg.stages, cfg.final_lr_factor)
-    if cfg.batch_size % world.size:
-        raise UsageError(f"--batch-size {cfg.batch_size}: must be divisible by the "
-                         f"{world.size} processes (each takes an equal share)")
-    agree([*data.x.shape, float(data.x[:, 0].double().sum()), float(data.x[:, -1].double().sum())],
-          f"the training data ({args.data / 'train.h5'})", world)
-    if max(s.rollout for s in stages) > data.meta.n_steps:
-        raise UsageError(f"--stages: rollout {max(s.rollout for s in stages)} exceeds the "
-                         f"{data.meta.n_steps} steps of {args.data / 'train.h5'}")
-    if cfg.physics not in system.physics_kinds:
-        raise UsageError(f"--physics {cfg.physics}: {system.name} supports "
-                         f"{', '.join(system.physics_kinds)}")
-    condition = system.condition(data.extras, str(args.data / "train.h5"))
-    torch.manual_seed(cfg.seed)  # network initialisation
-    model = system.score_net(cfg.width, cfg.depth, cfg.spectral, cfg.physics).to(device)
-    physics_net = (system.physics_net(cfg.physics_width).to(device) if cfg.physics == "learned"
-                   else None)
-    run_ = Run(cfg, stages, data, system, condition, model, physics_net, None,  # type: ignore[arg-type]
-               torch.Generator().manual_seed(cfg.seed), device, world)
-    run_.optimizer = torch.optim.Adam(run_.params, lr=cfg.lr)
-    return run_
 
 
 def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
@@ -161,83 +79,13 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
         run_.physics_net.load_state_dict(state["physics"])
     run_.optimizer.load_state_dict(state["optimizer"])
     run_.generator.set_state(state["generator"])
+    run_.flow = state.get("flow")
     start = state["step"]
     if run_.world.main:
         _log_lines_upto(log_path, start)
     complete = (state.get("noise_spectra") is not None
                 and start >= sum(s.steps for s in run_.stages))
     return start, state["skipped"], complete
-
-
-def loss_function(run_: Run) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """(rollout, generator) -> the loss of a fresh batch of windows (docs/method.md §3), plus the
-    forward anchoring loss of a learned physics network."""
-    cfg, meta = run_.cfg, run_.data.meta
-    batches = Batches(run_.data.x, meta, run_.system, run_.device, cfg.augment, run_.condition,
-                      run_.world)
-
-    def loss_fn(rollout: int, gen: torch.Generator) -> torch.Tensor:
-        window, t_end, cond = batches(cfg.batch_size, rollout, gen)
-        drift = run_.drift_for(cond)
-        if rollout == 1:
-            loss = one_step_loss(drift, window[:, 0], window[:, 1], t_end, meta.dt, meta.g)
-        else:
-            loss = multi_step_loss(drift, window, t_end, meta.dt, meta.g, cfg.method)
-            if cfg.one_step_weight > 0:
-                loss = loss + cfg.one_step_weight * _pairs_loss(run_, window, t_end, cond)
-        if run_.physics_net is not None:  # anchor P_φ on the forward steps of the same windows
-            pairs = window[:, :2] if rollout == 1 else window
-            loss = loss + cfg.anchor_weight * forward_loss(
-                run_.system.forward_step(run_.physics_net), pairs[:, :-1].flatten(0, 1),
-                pairs[:, 1:].flatten(0, 1), meta.dt, meta.g)
-        return loss
-
-    return loss_fn
-
-
-def _pairs_loss(run_: Run, window: torch.Tensor, t_end: torch.Tensor,
-                cond: torch.Tensor | None) -> torch.Tensor:
-    """The one-step loss on all S pairs of (B, S + 1, *) windows at once (teacher forcing)."""
-    meta, s = run_.data.meta, window.shape[1] - 1
-    offsets = meta.dt * torch.arange(s - 1, -1, -1, device=window.device, dtype=t_end.dtype)
-    t_next = (t_end[:, None] - offsets).flatten()
-    cond = None if cond is None else cond.repeat_interleave(s, 0)
-    return one_step_loss(run_.drift_for(cond), window[:, :-1].flatten(0, 1),
-                         window[:, 1:].flatten(0, 1), t_next, meta.dt, meta.g)
-
-
-def validation(run_: Run, valid: Trajectories, source: str) -> Callable[..., float]:
-    """(world) -> the one-step loss over every step of the first validation trajectories. With
-    a world of several ranks, each scores its own contiguous share of the trajectories and the
-    sums are added across ranks (every rank must call it at the same update); the default world
-    of one scores them all here."""
-    cfg, meta = run_.cfg, valid.meta
-    val = valid.x[:cfg.val_trajectories].to(run_.device)
-    val_times = meta.times()[1:].to(run_.device, val.dtype)
-    condition = run_.system.condition(valid.extras, source)
-    val_cond = None if condition is None else condition[:cfg.val_trajectories]
-
-    @torch.no_grad()
-    def validate(world: World = SINGLE) -> float:
-        run_.model.eval()
-        n = val.shape[0]
-        first, last = n * world.rank // world.size, n * (world.rank + 1) // world.size
-        total, count = 0.0, 0
-        for i in range(first, last, cfg.val_chunk):
-            j = min(i + cfg.val_chunk, last)
-            chunk = val[i:j]
-            k = chunk.shape[1] - 1
-            cond = (None if val_cond is None
-                    else val_cond[i:j].repeat_interleave(k, 0).to(run_.device))
-            total += one_step_loss(run_.drift_for(cond), chunk[:, :-1].flatten(0, 1),
-                                   chunk[:, 1:].flatten(0, 1), val_times.repeat(chunk.shape[0]),
-                                   meta.dt, meta.g).item() * chunk.shape[0]
-            count += chunk.shape[0]
-        run_.model.train()
-        total, count = sum_across([total, count], world)
-        return total / count
-
-    return validate
 
 
 def save(run_: Run, path: Path, step: int, skipped: int,
@@ -247,18 +95,10 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
                     state_shape=list(run_.data.x.shape[2:]), version=code_version(),
-                    world_size=run_.world.size,
+                    world_size=run_.world.size, flow=run_.flow,
                     noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
                              else None))
-
-
-def calibrate(run_: Run) -> torch.Tensor:
-    """The reverse-step noise calibration on the first training trajectories."""
-    run_.model.eval()
-    n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
-    cond = None if run_.condition is None else run_.condition[:n_cal].to(run_.device)
-    return run_.system.calibrate(run_.drift_for, run_.data.x[:n_cal].to(run_.device), cond)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -322,6 +162,7 @@ def _train(args: argparse.Namespace, world: World) -> None:
     total = sum(s.steps for s in run_.stages)
     stop_at = min(total, start + args.stop_after) if args.stop_after else total
     interrupted: list[bool] = []
+    flow_step = flow_snapshot_step(run_.stages)
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
     bar = Progress("train", total, initial=start) if world.main else None
@@ -332,6 +173,8 @@ def _train(args: argparse.Namespace, world: World) -> None:
                            run_.cfg.clip, after_backward=sync.after_backward,
                            reduce=sync.mean_loss):
             step, skipped = metrics["step"], metrics["skipped"]
+            if step == flow_step:  # the networks the probability-flow ODE uses
+                run_.flow = snapshot(run_, step)
             if step % run_.cfg.val_every == 0 or step == total:
                 metrics["val_loss"] = validate(world)  # shared by the ranks
             if world.main:
@@ -384,8 +227,11 @@ def check_held_out(args: argparse.Namespace, run_: Run, valid: Trajectories, val
     note(f"train: held-out calibration check on {n} validation trajectories")
     # the trained networks as they are, not reloaded from the checkpoint just written
     physics_net = run_.physics_net.eval() if run_.physics_net is not None else None
+    flow_score, flow_physics = (networks(run_.system, asdict(run_.cfg), run_.flow["score"],
+                                         run_.flow["physics"], run_.device)
+                                if run_.flow else (None, None))
     model = Model(run_.model.eval(), run_.system, run_.data.meta, noise, asdict(run_.cfg),
-                  physics_net)
+                  physics_net, flow_score=flow_score, flow_physics=flow_physics)
     condition = run_.system.condition(valid.extras, str(valid_path))
     check = held_out_check(model, valid.x[:n].to(run_.device),
                            None if condition is None else condition[:n].to(run_.device),
