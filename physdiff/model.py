@@ -39,6 +39,7 @@ class Model:
     # (`flow_drift`; docs/method.md §4); None: the ODE uses the final networks
     flow_score: nn.Module | None = None
     flow_physics: nn.Module | None = None
+    flow_correction: Tensor | None = None  # the system's fitted correction of the flow's step
 
     @property
     def physics(self) -> str:
@@ -55,15 +56,20 @@ class Model:
         return reverse_drift(physics, score or self.system.score_fn(self.score, condition),
                              self.meta.g, c)
 
-    def flow_drift(self, condition: Tensor | None = None) -> Drift:
-        """The probability-flow drift P − ½ g² s, with the networks kept after the one-step
-        stage where the checkpoint has them: multi-step training fits c = 1 rollouts and
-        moves s_θ away from the score the neutral c = ½ flow needs (docs/method.md §4)."""
-        if self.flow_score is None:
-            return self.drift(c=0.5, condition=condition)
-        physics = self.system.physics_drift(self.physics, self.flow_physics, condition)
-        return reverse_drift(physics, self.system.score_fn(self.flow_score, condition),
-                             self.meta.g, 0.5)
+    def flow_drift(self, condition: Tensor | None = None, c: float = 0.5,
+                   corrected: bool = True) -> Drift:
+        """The probability-flow drift P − ½ g² s with the networks kept after the one-step
+        stage where the checkpoint has them (multi-step training fits c = 1 rollouts and moves
+        s_θ away from the score the neutral c = ½ flow needs), and the system's fitted
+        correction of their step where it has one (docs/method.md §4). `c` and `corrected`
+        give the same networks' other drifts (the correction is fitted on their c = 1 step)."""
+        kept = self.flow_score is not None
+        score = self.system.score_fn(self.flow_score if kept else self.score, condition)
+        if corrected and self.flow_correction is not None:
+            score = self.system.corrected_flow_score(score, self.flow_correction)
+        physics = self.system.physics_drift(self.physics, self.flow_physics if kept
+                                            else self.physics_net, condition)
+        return reverse_drift(physics, score, self.meta.g, c)
 
     def times(self, device: torch.device, stop: int = 0) -> Tensor:
         """Reverse grid t_K .. t_stop, float32 on device."""
@@ -88,7 +94,7 @@ def load_model(path: Path, device: torch.device | str = "cpu", system: str | Non
         raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
     return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net,
-                 state.get("end_state"), flow_score, flow_physics)
+                 state.get("end_state"), flow_score, flow_physics, state.get("flow_correction"))
 
 
 def networks(system_: System, cfg: dict[str, Any], score_state: dict[str, Tensor],

@@ -120,6 +120,33 @@ def test_probability_flow_uses_the_networks_of_the_one_step_stage(data: Path, tr
     assert not torch.equal(reconstruct(m_multi, x_T, "mean"), reconstruct(m_one, x_T, "mean"))
 
 
+def test_finishing_step_of_an_older_version_is_redone_by_resume(data: Path, trained: Path,
+                                                                 tmp_path: Path) -> None:
+    """A heat checkpoint holds the fitted correction of the flow's step (K, 2, 1, H, W) and the
+    finishing version; one finished by an older version (no correction) is finished again by
+    --resume without any update: same weights, the correction added, the PF-ODE changed."""
+    import shutil
+
+    from physdiff.cli.train import FINISH
+    from physdiff.model import load_model, reconstruct
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert state["finish"] == FINISH and state["flow_correction"].shape == (4, 2, 1, 8, 8)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    old = {k: v for k, v in state.items() if k not in ("finish", "flow_correction")}
+    torch.save(old, run / "checkpoint.pt")
+    x_T = torch.from_numpy(h5py.File(data / "test.h5")["x"][:, -1])
+    before = reconstruct(load_model(run / "checkpoint.pt"), x_T, "ode")
+    train.main(["--data", str(data), "--out", str(run), "--preset", "tiny", "--device", "cpu",
+                "--resume"])
+    again = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert again["finish"] == FINISH and again["step"] == 10
+    torch.testing.assert_close(again["flow_correction"], state["flow_correction"])
+    for k in state["model"]:
+        assert torch.equal(again["model"][k], state["model"][k])
+    assert not torch.equal(reconstruct(load_model(run / "checkpoint.pt"), x_T, "ode"), before)
+
+
 def test_infer_writes_samples_and_metrics(data: Path, trained: Path, tmp_path: Path) -> None:
     infer.main(["--checkpoint", str(trained / "checkpoint.pt"), "--data", str(data / "test.h5"),
                 "--n-samples", "4", "--out", str(tmp_path), "--device", "cpu"])

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,14 +84,27 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
     start = state["step"]
     if run_.world.main:
         _log_lines_upto(log_path, start)
-    complete = (state.get("noise_spectra") is not None
-                and start >= sum(s.steps for s in run_.stages))
+    complete = finished(state) and start >= sum(s.steps for s in run_.stages)
     return start, state["skipped"], complete
+
+
+# What the finishing step (`finish`) computes, by version: 1 noise calibration, end-state
+# statistics and the held-out check; 2 adds the system's correction of the flow's step. A
+# checkpoint finished by an older version is finished again by --resume (no update runs).
+FINISH = 2
+
+
+def finished(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's training and finishing step are complete for this version."""
+    return state.get("noise_spectra") is not None and state.get("finish", 0) >= FINISH
 
 
 def save(run_: Run, path: Path, step: int, skipped: int,
          noise_spectra: torch.Tensor | None = None,
-         end_state: dict[str, torch.Tensor] | None = None) -> None:
+         end_state: dict[str, torch.Tensor] | None = None,
+         flow_correction: torch.Tensor | None = None) -> None:
+    """The run's state; `noise_spectra` given means the finishing step's final save."""
+    done = {} if noise_spectra is None else {"finish": FINISH, "flow_correction": flow_correction}
     save_checkpoint(path, model=run_.model.state_dict(), optimizer=run_.optimizer.state_dict(),
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
@@ -98,7 +112,7 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     world_size=run_.world.size, flow=run_.flow,
                     noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
-                             else None))
+                             else None), **done)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -205,33 +219,43 @@ def _train(args: argparse.Namespace, world: World) -> None:
 
 def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
            skipped: int) -> None:
-    """After the last update (rank 0): calibrate the reverse-step noise, save the final
-    checkpoint, run the held-out calibration check and draw loss.png."""
+    """After the last update (rank 0): calibrate the reverse-step noise, fit the system's
+    correction of the flow's step, save the final checkpoint, run the held-out calibration
+    check and draw loss.png."""
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
-    note(f"train: calibrating the reverse-step noise on "
-         f"{min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])} training trajectories")
-    noise = calibrate(run_)
     n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
+    note(f"train: calibrating the reverse-step noise on {n_cal} training trajectories")
+    noise = calibrate(run_)
+    model = trained_model(run_, noise)
+    cond = None if run_.condition is None else run_.condition[:n_cal].to(run_.device)
+    model.flow_correction = run_.system.flow_correction(
+        lambda c: model.flow_drift(c, c=1.0, corrected=False),
+        run_.data.x[:n_cal].to(run_.device), cond)
     end_state = run_.system.end_state_statistics(run_.data.x[:n_cal, -1])
-    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state)
-    check_held_out(args, run_, valid, valid_path, noise)
+    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state,
+         model.flow_correction)
+    check_held_out(args, run_, model, valid, valid_path)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
 
 
-def check_held_out(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
-                   noise: torch.Tensor) -> None:
+def trained_model(run_: Run, noise: torch.Tensor) -> Model:
+    """The trained networks as they are (not reloaded from the checkpoint), as a Model."""
+    physics_net = run_.physics_net.eval() if run_.physics_net is not None else None
+    run_.model.eval()
+    flow_score, flow_physics = (networks(run_.system, asdict(run_.cfg), run_.flow["score"],
+                                         run_.flow["physics"], run_.device)
+                                if run_.flow else (None, None))
+    return Model(run_.model, run_.system, run_.data.meta, noise, asdict(run_.cfg), physics_net,
+                 flow_score=flow_score, flow_physics=flow_physics)
+
+
+def check_held_out(args: argparse.Namespace, run_: Run, model: Model, valid: Trajectories,
+                   valid_path: Path) -> None:
     """Score the finished model on held-out validation trajectories (x_0 known): coverage, SBC,
     MSE; write calibration.json beside the checkpoint and print the verdict."""
     n = min(run_.cfg.heldout_trajectories, valid.x.shape[0])
     note(f"train: held-out calibration check on {n} validation trajectories")
-    # the trained networks as they are, not reloaded from the checkpoint just written
-    physics_net = run_.physics_net.eval() if run_.physics_net is not None else None
-    flow_score, flow_physics = (networks(run_.system, asdict(run_.cfg), run_.flow["score"],
-                                         run_.flow["physics"], run_.device)
-                                if run_.flow else (None, None))
-    model = Model(run_.model.eval(), run_.system, run_.data.meta, noise, asdict(run_.cfg),
-                  physics_net, flow_score=flow_score, flow_physics=flow_physics)
     condition = run_.system.condition(valid.extras, str(valid_path))
     check = held_out_check(model, valid.x[:n].to(run_.device),
                            None if condition is None else condition[:n].to(run_.device),

@@ -158,6 +158,17 @@ class System:
         None means the sampler's own white noise."""
         return None
 
+    def flow_correction(self, drift_for: Callable[[Tensor | None], Drift],
+                        trajectories: Tensor, condition: Tensor | None = None) -> Tensor | None:
+        """A correction of the learned reverse step for the probability-flow ODE, fitted on
+        training trajectories (N, K + 1, *state) with the c = 1 drift of the networks the flow
+        uses, or None (default: none). `corrected_flow_score` applies it."""
+        return None
+
+    def corrected_flow_score(self, score: Drift, correction: Tensor) -> Drift:
+        """The flow's score with the `flow_correction` applied (systems that give one)."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- inference and report
     def report_times(self) -> dict[str, int]:
         """Reconstructed times: label -> forward time index; the first is the headline."""

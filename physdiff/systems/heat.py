@@ -19,6 +19,7 @@ from physdiff import metrics, plots
 from physdiff.checks import UsageError, finite, positive
 from physdiff.conditioning import fourier_preconditioner
 from physdiff.data import Metadata
+from physdiff.flow_correction import corrected_score, mode_gain_correction
 from physdiff.gaussian_start import end_state_spectrum
 from physdiff.nets import PeriodicScoreNet
 from physdiff.noise import residual_spectra, spectral_noise
@@ -110,6 +111,17 @@ class HeatSystem(System):
                   condition: None = None) -> Tensor:
         """Per-step Fourier power of the one-step residual, (K, 1, H, W) (physdiff/noise.py)."""
         return residual_spectra(drift_for(None), trajectories, self.meta.times(), self.meta.dt)
+
+    def flow_correction(self, drift_for: Callable[[None], Drift], trajectories: Tensor,
+                        condition: None = None) -> Tensor:
+        """Per-step, per-mode least-squares gains the learned step lacks (linear physics and
+        Gaussian data make the exact step linear and diagonal in Fourier space;
+        physdiff/flow_correction.py), (K, 2, 1, H, W)."""
+        return mode_gain_correction(drift_for(None), trajectories, self.meta.times(),
+                                    self.meta.dt)
+
+    def corrected_flow_score(self, score: Drift, correction: Tensor) -> Drift:
+        return corrected_score(score, correction, self.meta.dt, self.meta.g)
 
     def noise(self, calibration: Tensor | None, condition: None = None) -> Noise | None:
         """Calibrated spectral noise, or None for the textbook g √dt z."""
