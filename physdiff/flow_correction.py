@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from physdiff.noise import residual_batches
 from physdiff.sde import Drift
 
 __all__ = ["corrected_score", "mode_gain_correction"]
@@ -39,16 +40,10 @@ def mode_gain_correction(drift: Drift, trajectories: Tensor, times: Tensor, dt: 
         β as real and imaginary parts, float32, shape (K, 2, *state): index k for the step
         t_{k+1} -> t_k.
     """
-    n, k_plus_1 = trajectories.shape[:2]
-    shape = trajectories.shape[2:]
+    k_plus_1, shape = trajectories.shape[1], trajectories.shape[2:]
     cross = torch.zeros((k_plus_1 - 1, *shape), dtype=torch.complex128)
     power = torch.zeros((k_plus_1 - 1, *shape), dtype=torch.float64)
-    for start in range(0, n, batch_size):
-        traj = trajectories[start:start + batch_size]
-        b = traj.shape[0]
-        y = traj[:, 1:].reshape(-1, *shape)
-        t_next = times[1:].to(traj).repeat(b)
-        r = traj[:, :-1].reshape(-1, *shape) - (y - dt * drift(y, t_next))
+    for y, r, b in residual_batches(drift, trajectories, times, dt, batch_size):
         y_hat, r_hat = torch.fft.fft2(y.double()), torch.fft.fft2(r.double())
         cross += (r_hat * y_hat.conj()).reshape(b, k_plus_1 - 1, *shape).sum(0).cpu()
         power += y_hat.abs().square().reshape(b, k_plus_1 - 1, *shape).sum(0).cpu()

@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -27,7 +27,23 @@ from torch import Tensor
 from physdiff.samplers import Noise, randn_like
 from physdiff.sde import Drift
 
-__all__ = ["diagonal_noise", "residual_power", "residual_spectra", "spectral_noise"]
+__all__ = ["diagonal_noise", "residual_batches", "residual_power", "residual_spectra",
+           "spectral_noise"]
+
+
+def residual_batches(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
+                     batch_size: int = 256) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """The one-step residuals r_k = x_k − (x_{k+1} − dt f(x_{k+1}, t_{k+1})) of every step of
+    the trajectories (N, K + 1, *state), `batch_size` trajectories at a time: yields
+    (x_{k+1}, r_k, b), both (b·K, *state) with the K steps of each trajectory consecutive."""
+    n = trajectories.shape[0]
+    for start in range(0, n, batch_size):
+        traj = trajectories[start:start + batch_size]
+        b = traj.shape[0]
+        x_next = traj[:, 1:].reshape(-1, *traj.shape[2:])
+        t_next = times[1:].to(traj).repeat(b)
+        yield x_next, traj[:, :-1].reshape(-1, *traj.shape[2:]) - (
+            x_next - dt * drift(x_next, t_next)), b
 
 
 @torch.no_grad()
@@ -49,12 +65,8 @@ def residual_power(drift: Drift, trajectories: Tensor, times: Tensor, dt: float,
     """
     n, k_plus_1 = trajectories.shape[:2]
     total = torch.zeros((k_plus_1 - 1, *trajectories.shape[2:]), dtype=torch.float64)
-    for start in range(0, n, batch_size):
-        traj = trajectories[start:start + batch_size]
-        b = traj.shape[0]
-        x_next = traj[:, 1:].reshape(-1, *traj.shape[2:])
-        t_next = times[1:].to(traj).repeat(b)
-        r = (traj[:, :-1].reshape(-1, *traj.shape[2:]) - (x_next - dt * drift(x_next, t_next))).double()
+    for _, r, b in residual_batches(drift, trajectories, times, dt, batch_size):
+        r = r.double()
         power = (transform(r) if transform is not None else r).abs().square()
         total += power.reshape(b, k_plus_1 - 1, *r.shape[1:]).sum(0).cpu()
     return total / n
