@@ -119,4 +119,5 @@ def with_end_state(model: Any, data: Path) -> list[str]:
     added = sorted(set(fresh) - set(have))
     if added:
         model.end_state = {**have, **{k: fresh[k] for k in added}}
+        print(f"end-state statistics {added} not in the checkpoint: computed from train.h5")
     return added

@@ -86,9 +86,7 @@ def main() -> None:
     device = pick_device(args.device)
     out, data = ROOT / cfg["out"], ROOT / cfg["data"]
     model = load_model(out / "true" / "checkpoint.pt", device)
-    added = with_end_state(model, data)
-    if added:
-        print(f"end-state statistics {added} not in the checkpoint: computed from train.h5")
+    added = with_end_state(model, data)  # recorded in the JSON
     if args.langevin_steps is None:
         args.langevin_steps = model.system.default_langevin_steps
     test = read(data / "test.h5", simulator="smoke", limit=args.limit)

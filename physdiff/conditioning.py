@@ -302,8 +302,8 @@ def _system_defaults(model: Model, op: Operator, y: Tensor, sigma: float | Tenso
                      spread: float = 0.1) -> dict[str, Any]:
     """The system's preconditioner and chain start where the caller gave none (linear A):
     exact draws of a stationary Gaussian's conditional (fields), else draws of the training
-    end states' per-coordinate Gaussian's conditional with the prior deviation scaled by `spread` (1: exact
-    draws of that conditional)."""
+    end states' per-coordinate Gaussian's conditional with the prior deviation scaled by
+    `spread` (1: exact draws of that conditional)."""
     state_shape = tuple(model.system.state_shape)
     sig = check_observed(op, y, sigma, state_shape).to(y.device)
     out = dict(langevin)

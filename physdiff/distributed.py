@@ -8,8 +8,8 @@ and never touches torch.distributed.
 How the ranks share the work (physdiff/cli/train.py): every rank holds the same generator and
 draws the same global batch of windows, then keeps its own contiguous slice of batch / N; after
 the backward pass the gradients are averaged across ranks (one all-reduce of the flattened
-gradients, with the loss and the stop flag appended: one collective per update). The loss is a mean over equal-sized slices, so an update with N ranks × b windows
-equals a single-process update on the same N·b windows, and every rank's generator stays in the
+gradients, with the loss and the stop flag appended: one collective per update). The loss is a
+mean over equal-sized slices, so an update with N ranks × b windows equals a single-process update on the same N·b windows, and every rank's generator stays in the
 same state, which makes --resume exact. We average gradients explicitly rather than wrapping the
 networks in DistributedDataParallel: a multi-step rollout calls the score network (and a learned
 physics network) many times before one backward pass, which DDP's per-forward hooks do not

@@ -16,8 +16,8 @@ offers one); 'none' drops the physics so that the network alone learns the rever
 
 Outputs in --out: checkpoint.pt (score and physics weights, optimiser, step, RNG state, config,
 normalisation, noise calibration, the end-state statistics, and the weights as they stood after
-the leading one-step stage, which the probability-flow ODE uses), config.json, log.jsonl (one JSON line per logged step),
-loss.png.
+the leading one-step stage, which the probability-flow ODE uses), config.json, log.jsonl (one
+JSON line per logged step), loss.png.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from physdiff.cli.train_run import (
     Batches,
     Run,
     calibrate,
+    calibration_set,
     flow_snapshot_step,
     loss_function,
     setup,
@@ -223,15 +224,15 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
     correction of the flow's step, save the final checkpoint, run the held-out calibration
     check and draw loss.png."""
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
-    n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
-    note(f"train: calibrating the reverse-step noise on {n_cal} training trajectories")
-    noise = calibrate(run_)
+    trajectories, cond = calibration_set(run_)
+    note(f"train: calibrating the reverse-step noise on {trajectories.shape[0]} training "
+         "trajectories")
+    noise = calibrate(run_, trajectories, cond)
     model = trained_model(run_, noise)
-    cond = None if run_.condition is None else run_.condition[:n_cal].to(run_.device)
     model.flow_correction = run_.system.flow_correction(
-        lambda c: model.flow_drift(c, c=1.0, corrected=False),
-        run_.data.x[:n_cal].to(run_.device), cond)
-    end_state = run_.system.end_state_statistics(run_.data.x[:n_cal, -1])
+        lambda condition: model.flow_drift(condition, c=1.0, corrected=False), trajectories,
+        cond)
+    end_state = run_.system.end_state_statistics(trajectories[:, -1].cpu())
     save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state,
          model.flow_correction)
     check_held_out(args, run_, model, valid, valid_path)

@@ -21,7 +21,7 @@ from physdiff.runtime import pick_device
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage
 
-__all__ = ["Batches", "Run", "calibrate", "flow_snapshot_step", "loss_function", "setup",
+__all__ = ["Batches", "Run", "calibrate", "calibration_set", "flow_snapshot_step", "loss_function", "setup",
            "snapshot", "validation"]
 
 
@@ -208,9 +208,16 @@ def validation(run_: Run, valid: Trajectories, source: str) -> Callable[..., flo
     return validate
 
 
-def calibrate(run_: Run) -> torch.Tensor:
-    """The reverse-step noise calibration on the first training trajectories."""
-    run_.model.eval()
+def calibration_set(run_: Run) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first `calibration_trajectories` training trajectories and their condition, on the
+    run's device: what the finishing step calibrates and fits on."""
     n_cal = min(run_.cfg.calibration_trajectories, run_.data.x.shape[0])
     cond = None if run_.condition is None else run_.condition[:n_cal].to(run_.device)
-    return run_.system.calibrate(run_.drift_for, run_.data.x[:n_cal].to(run_.device), cond)
+    return run_.data.x[:n_cal].to(run_.device), cond
+
+
+def calibrate(run_: Run, trajectories: torch.Tensor, cond: torch.Tensor | None
+              ) -> torch.Tensor:
+    """The reverse-step noise calibration on the calibration set (`calibration_set`)."""
+    run_.model.eval()
+    return run_.system.calibrate(run_.drift_for, trajectories, cond)
