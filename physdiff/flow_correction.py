@@ -17,13 +17,18 @@ networks of physdiff/cli/train_run.py), whose step is nearly linear there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from physdiff.noise import residual_batches
 from physdiff.sde import Drift
 
-__all__ = ["corrected_score", "mode_gain_correction"]
+__all__ = ["BLOW_UP", "corrected_score", "held_out_choice", "mode_gain_correction"]
+
+BLOW_UP = 10.0  # a case whose flow MSE exceeds this × the median case's has blown up
 
 
 @torch.no_grad()
@@ -64,3 +69,40 @@ def corrected_score(score: Drift, correction: Tensor, dt: float, g: float) -> Dr
         return score(y, t) + fix / (dt * g * g)
 
     return apply
+
+
+@torch.no_grad()
+def held_out_choice(flow: Callable[[bool], Tensor], x_0: Tensor) -> dict[str, Any]:
+    """Keep the fitted correction only where it lowers the flow's mean squared error on held-out
+    cases whose x_0 is known. The fit is least squares on training pairs; it can still make the
+    flow worse, because a network's step is not exactly linear and the neutral c = ½ flow
+    compounds what the fit misses (heat-32, training seed 0: 1.09 → 1.12 × the exact-kernel
+    oracle on test states; 0.064 → 0.22 on 468 validation cases). MSE against x_0 cannot fault
+    a flow that shrinks towards the posterior mean (a score too large does: it lowers the MSE
+    below the exact flow's); the criterion is there to catch a correction that spreads or
+    diverges the flow, which it does.
+
+    Arguments:
+        flow: corrected -> the flow's reconstructions of x_0 (N, *state), with or without the
+            correction.
+        x_0: The cases' true initial states (N, *state).
+
+    Returns:
+        A JSON-able record: 'kept', 'cases', the mean MSE 'corrected' and 'uncorrected', and
+        'blown_up', the cases of the kept variant whose MSE exceeds BLOW_UP × the median case's
+        (the flow diverged there; the mean path and the samples do not).
+    """
+    per = {}
+    for corrected in (True, False):
+        err = (flow(corrected).double().cpu() - x_0.double().cpu()).square().flatten(1).mean(1)
+        per[corrected] = torch.where(torch.isfinite(err), err, torch.full_like(err, torch.inf))
+    kept = bool(per[True].mean() < per[False].mean())
+    chosen = per[kept]
+    return {"kept": kept, "cases": int(x_0.shape[0]),
+            "corrected": _finite_or_none(per[True].mean()),
+            "uncorrected": _finite_or_none(per[False].mean()),
+            "blown_up": int((chosen > BLOW_UP * chosen.median()).sum())}
+
+
+def _finite_or_none(value: Tensor) -> float | None:
+    return float(value) if torch.isfinite(value) else None

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from physdiff import calibration, metrics
+from physdiff.flow_correction import BLOW_UP
 from physdiff.model import Model, reconstruct, sample_posterior
 
 __all__ = ["N_SAMPLES", "held_out_check", "ode_verdict", "verdict"]
@@ -41,10 +42,13 @@ ODE_TOLERANCE = 1.0  # PF-ODE MSE over the MSE of one posterior sample
 
 @torch.no_grad()
 def held_out_check(model: Model, trajectories: Tensor, condition: Tensor | None,
-                   generator: torch.Generator, batch_size: int = 512) -> dict[str, Any]:
+                   generator: torch.Generator, batch_size: int = 512,
+                   flow_choice: dict[str, Any] | None = None) -> dict[str, Any]:
     """Coverage, SBC and accuracy of the model's x_0 posterior on held-out trajectories
     (N, K + 1, *state) with their conditions (N, *) or None. Returns a JSON-able dict with a
-    'calibrated' flag and a one-line 'verdict'."""
+    'calibrated' flag and a one-line 'verdict'. `flow_choice`: the training's choice of the
+    flow correction on other validation cases (physdiff/flow_correction.py), whose count of
+    cases where the flow blew up the ODE verdict repeats."""
     x_T, x_0 = trajectories[:, -1], trajectories[:, 0]
     samples = sample_posterior(model, x_T, N_SAMPLES, generator, batch_size=batch_size,
                                condition=condition).cpu()
@@ -83,6 +87,8 @@ def held_out_check(model: Model, trajectories: Tensor, condition: Tensor | None,
     out["mse_ode"] = mse_ode if math.isfinite(mse_ode) else None
     out["ode_over_sample"] = ratio if finite else None
     out["ode_reliable"] = finite and ratio <= ODE_TOLERANCE
+    if flow_choice is not None:
+        out["flow_choice"] = flow_choice
     out["ode_verdict"] = ode_verdict(out)
     return out
 
@@ -92,8 +98,14 @@ def ode_verdict(check: dict[str, Any]) -> str:
     ratio = check.get("ode_over_sample")
     if ratio is None:
         return "PF-ODE UNRELIABLE: not finite on held-out cases; use the mean path or samples"
+    choice = check.get("flow_choice") or {}
     if check["ode_reliable"]:
-        return f"PF-ODE usable: held-out MSE {ratio:.2f} x one posterior sample's"
+        line = f"PF-ODE usable: held-out MSE {ratio:.2f} x one posterior sample's"
+        if choice.get("blown_up"):
+            line += (f", but it diverged on {choice['blown_up']} of {choice['cases']} other "
+                     f"validation cases (MSE > {BLOW_UP:g} x the median case's): compare each "
+                     "reconstruction with the mean path")
+        return line
     return (f"PF-ODE UNRELIABLE: held-out MSE {ratio:.3g} x one posterior sample's (a random "
             "draw does better); use the mean path or the samples")
 

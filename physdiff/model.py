@@ -94,7 +94,9 @@ def load_model(path: Path, device: torch.device | str = "cpu", system: str | Non
         raise CheckpointError(f"{path}: weights do not fit the networks its config describes "
                               f"({str(err).splitlines()[0]})") from None
     return Model(score, system_, meta, state.get("noise_spectra"), cfg, physics_net,
-                 state.get("end_state"), flow_score, flow_physics, state.get("flow_correction"))
+                 state.get("end_state"), flow_score, flow_physics,
+                 state.get("flow_correction") if (state.get("flow_choice") or {}).get("kept", True)
+                 else None)
 
 
 def networks(system_: System, cfg: dict[str, Any], score_state: dict[str, Tensor],

@@ -124,7 +124,8 @@ def test_finishing_step_of_an_older_version_is_redone_by_resume(data: Path, trai
                                                                  tmp_path: Path) -> None:
     """A heat checkpoint holds the fitted correction of the flow's step (K, 2, 1, H, W) and the
     finishing version; one finished by an older version (no correction) is finished again by
-    --resume without any update: same weights, the correction added, the PF-ODE changed."""
+    --resume without any update: same weights, the correction added and kept only where it
+    lowers the PF-ODE's validation MSE (the PF-ODE changed only then)."""
     import shutil
 
     from physdiff.cli.train import FINISH
@@ -133,7 +134,10 @@ def test_finishing_step_of_an_older_version_is_redone_by_resume(data: Path, trai
     assert state["finish"] == FINISH and state["flow_correction"].shape == (4, 2, 1, 8, 8)
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    old = {k: v for k, v in state.items() if k not in ("finish", "flow_correction")}
+    choice = state["flow_choice"]  # the correction kept only where it lowers validation MSE
+    assert choice["cases"] > 0 and choice["kept"] == (choice["corrected"] < choice["uncorrected"])
+    assert (load_model(trained / "checkpoint.pt").flow_correction is not None) == choice["kept"]
+    old = {k: v for k, v in state.items() if k not in ("finish", "flow_correction", "flow_choice")}
     torch.save(old, run / "checkpoint.pt")
     x_T = torch.from_numpy(h5py.File(data / "test.h5")["x"][:, -1])
     before = reconstruct(load_model(run / "checkpoint.pt"), x_T, "ode")
@@ -144,7 +148,9 @@ def test_finishing_step_of_an_older_version_is_redone_by_resume(data: Path, trai
     torch.testing.assert_close(again["flow_correction"], state["flow_correction"])
     for k in state["model"]:
         assert torch.equal(again["model"][k], state["model"][k])
-    assert not torch.equal(reconstruct(load_model(run / "checkpoint.pt"), x_T, "ode"), before)
+    assert again["flow_choice"] == choice
+    after = reconstruct(load_model(run / "checkpoint.pt"), x_T, "ode")
+    assert torch.equal(after, before) != choice["kept"]
 
 
 def test_infer_writes_samples_and_metrics(data: Path, trained: Path, tmp_path: Path) -> None:

@@ -15,13 +15,14 @@ p(x̂_k | x̂_{k+1}) = N(a v_k / v_{k+1} · x̂_{k+1}, v_k σ² / v_{k+1}) (prio
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import Tensor
 
-from physdiff.flow_correction import corrected_score, mode_gain_correction
+from physdiff.flow_correction import corrected_score, held_out_choice, mode_gain_correction
 from physdiff.metrics import band_masks, band_variance_ratio
 from physdiff.noise import residual_spectra, spectral_noise
 from physdiff.samplers import (
@@ -351,6 +352,52 @@ def test_mode_gain_correction_repairs_a_wrong_step_for_the_flow() -> None:
     err_wrong = (flow(wrong) - exact).square().mean()
     err_fixed = (flow(fixed) - exact).square().mean()
     assert err_fixed < 0.01 * err_wrong, (err_fixed, err_wrong)
+
+
+def test_flow_correction_is_kept_only_where_it_lowers_held_out_error() -> None:
+    """held_out_choice judges a fitted correction by the flow's MSE against held-out x_0 alone:
+    for a score 15 % too small it keeps the correction fitted to that score, and drops one
+    fitted to a score 15 % too large (applied to the too-small score it overshoots); it counts
+    a case whose reconstruction diverged. (A score too large shrinks the flow towards the
+    posterior mean and lowers its MSE: the criterion cannot fault that; see held_out_choice.)"""
+    chain = _heat_chain()
+    physics = as_drift(partial(heat.step, dt=DT), DT)
+    gen = torch.Generator().manual_seed(11)
+
+    def trajectories(n: int) -> Tensor:
+        prior = heat.sample_prior(n, SIZE, SIZE, generator=gen) / math.sqrt(6)
+        return heat.rollout(prior, N_STEPS, DT, G_HEAT, gen)
+
+    def scaled(factor: float) -> Drift:
+        return lambda x, t: factor * chain.score(x, t)
+
+    times = DT * torch.arange(N_STEPS + 1, dtype=F64)
+    train_set, held_out = trajectories(1000), trajectories(200)
+    wrong = scaled(0.85)
+
+    def fitted(score: Drift) -> Tensor:
+        return mode_gain_correction(reverse_drift(physics, score, G_HEAT, 1.0), train_set,
+                                    times, DT, batch_size=1000)
+
+    def flow(beta: Tensor) -> Callable[[bool], Tensor]:
+        def run(corrected: bool) -> Tensor:
+            score = corrected_score(wrong, beta, DT, G_HEAT) if corrected else wrong
+            return probability_flow(reverse_drift(physics, score, G_HEAT, 0.5),
+                                    held_out[:, -1], _reverse_ts())
+        return run
+
+    good = held_out_choice(flow(fitted(wrong)), held_out[:, 0])
+    assert good["kept"] and good["corrected"] < 0.9 * good["uncorrected"], good
+    bad = held_out_choice(flow(fitted(scaled(1.15))), held_out[:, 0])
+    assert not bad["kept"] and bad["corrected"] > bad["uncorrected"], bad
+    assert good["blown_up"] == 0 and good["cases"] == 200
+
+    def one_diverged(corrected: bool) -> Tensor:
+        x = flow(fitted(wrong))(corrected).clone()
+        x[3] *= 1e3
+        return x
+
+    assert held_out_choice(one_diverged, held_out[:, 0])["blown_up"] == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,10 +53,11 @@ from physdiff.cli.train_run import (
 )
 from physdiff.data import Trajectories, read
 from physdiff.distributed import World, average_gradients, init
+from physdiff.flow_correction import held_out_choice
 from physdiff.heldout import held_out_check
 from physdiff.io import write_text_atomic
 from physdiff.lock import hold
-from physdiff.model import Model, networks
+from physdiff.model import Model, networks, reconstruct
 from physdiff.runtime import code_version, pick_device
 from physdiff.training import fit, load_checkpoint, save_checkpoint
 
@@ -90,9 +91,10 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
 
 
 # What the finishing step (`finish`) computes, by version: 1 noise calibration, end-state
-# statistics and the held-out check; 2 adds the system's correction of the flow's step. A
-# checkpoint finished by an older version is finished again by --resume (no update runs).
-FINISH = 2
+# statistics and the held-out check; 2 adds the system's correction of the flow's step; 3 keeps
+# that correction only where it lowers the flow's MSE on validation trajectories. A checkpoint
+# finished by an older version is finished again by --resume (no update runs).
+FINISH = 3
 
 
 def finished(state: dict[str, Any]) -> bool:
@@ -103,9 +105,11 @@ def finished(state: dict[str, Any]) -> bool:
 def save(run_: Run, path: Path, step: int, skipped: int,
          noise_spectra: torch.Tensor | None = None,
          end_state: dict[str, torch.Tensor] | None = None,
-         flow_correction: torch.Tensor | None = None) -> None:
+         flow_correction: torch.Tensor | None = None,
+         flow_choice: dict[str, Any] | None = None) -> None:
     """The run's state; `noise_spectra` given means the finishing step's final save."""
-    done = {} if noise_spectra is None else {"finish": FINISH, "flow_correction": flow_correction}
+    done = {} if noise_spectra is None else {"finish": FINISH, "flow_correction": flow_correction,
+                                             "flow_choice": flow_choice}
     save_checkpoint(path, model=run_.model.state_dict(), optimizer=run_.optimizer.state_dict(),
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
@@ -229,15 +233,54 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
          "trajectories")
     noise = calibrate(run_, trajectories, cond)
     model = trained_model(run_, noise)
-    model.flow_correction = run_.system.flow_correction(
+    fitted = run_.system.flow_correction(
         lambda condition: model.flow_drift(condition, c=1.0, corrected=False), trajectories,
         cond)
+    choice = None
+    if fitted is not None:
+        model.flow_correction = fitted
+        choice = choose_flow_correction(run_, model, valid, valid_path)
+        model.flow_correction = fitted if choice["kept"] else None
     end_state = run_.system.end_state_statistics(trajectories[:, -1].cpu())
     save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state,
-         model.flow_correction)
-    check_held_out(args, run_, model, valid, valid_path)
+         fitted, choice)
+    check_held_out(args, run_, model, valid, valid_path, choice)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
+
+
+# validation trajectories after the held-out check's that decide whether the flow correction is
+# kept (all of them where the validation set has no others)
+FLOW_CHOICE_CASES = 512
+
+
+def choose_flow_correction(run_: Run, model: Model, valid: Trajectories,
+                           valid_path: Path) -> dict[str, Any]:
+    """Whether the model's fitted flow correction lowers the PF-ODE's MSE on validation
+    trajectories other than the held-out check's (physdiff/flow_correction.py); prints it."""
+    first = run_.cfg.heldout_trajectories if valid.x.shape[0] > run_.cfg.heldout_trajectories else 0
+    cases = slice(first, first + FLOW_CHOICE_CASES)
+    x = valid.x[cases].to(run_.device)
+    condition = run_.system.condition(valid.extras, str(valid_path))
+    condition = None if condition is None else condition[cases].to(run_.device)
+    fitted = model.flow_correction
+
+    def flow(corrected: bool) -> torch.Tensor:
+        model.flow_correction = fitted if corrected else None
+        try:
+            return reconstruct(model, x[:, -1], "ode", condition=condition)
+        finally:
+            model.flow_correction = fitted
+
+    choice = held_out_choice(flow, x[:, 0])
+    print(f"train: flow correction {'kept' if choice['kept'] else 'dropped'}: PF-ODE MSE "
+          f"{_num(choice['corrected'])} with it, {_num(choice['uncorrected'])} without, on "
+          f"{choice['cases']} validation trajectories")
+    return choice
+
+
+def _num(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.4g}"
 
 
 def trained_model(run_: Run, noise: torch.Tensor) -> Model:
@@ -252,7 +295,7 @@ def trained_model(run_: Run, noise: torch.Tensor) -> Model:
 
 
 def check_held_out(args: argparse.Namespace, run_: Run, model: Model, valid: Trajectories,
-                   valid_path: Path) -> None:
+                   valid_path: Path, flow_choice: dict[str, Any] | None = None) -> None:
     """Score the finished model on held-out validation trajectories (x_0 known): coverage, SBC,
     MSE; write calibration.json beside the checkpoint and print the verdict."""
     n = min(run_.cfg.heldout_trajectories, valid.x.shape[0])
@@ -260,7 +303,8 @@ def check_held_out(args: argparse.Namespace, run_: Run, model: Model, valid: Tra
     condition = run_.system.condition(valid.extras, str(valid_path))
     check = held_out_check(model, valid.x[:n].to(run_.device),
                            None if condition is None else condition[:n].to(run_.device),
-                           torch.Generator(run_.device).manual_seed(run_.cfg.seed))
+                           torch.Generator(run_.device).manual_seed(run_.cfg.seed),
+                           flow_choice=flow_choice)
     write_text_atomic(args.out / "calibration.json", json.dumps(check, indent=2) + "\n")
     print(f"held-out check: {check['verdict']}")
     print(f"held-out check: {check['ode_verdict']}")
