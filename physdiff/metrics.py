@@ -13,6 +13,7 @@ __all__ = [
     "BANDS",
     "band_masks",
     "band_variance_ratio",
+    "distance_over_spread",
     "fourier_components",
     "interval_coverage",
     "mse",
@@ -108,3 +109,27 @@ def interval_coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> flo
                      device=samples.device)
     lo, hi = torch.quantile(samples, q, dim=1)
     return ((truth >= lo) & (truth <= hi)).double().mean().item()
+
+
+def distance_over_spread(point: Tensor, samples: Tensor) -> Tensor:
+    """Per case, how far a reconstruction lies from the posterior samples:
+    ‖point − x̄‖² over the samples' spread Σ_j ‖x_j − x̄‖² / (n − 1), x̄ their mean.
+
+    For a point drawn from the same posterior as the n samples its expectation is 1 + 1/n
+    (the spread estimates tr Σ without bias, and E‖x − x̄‖² = (1 + 1/n) tr Σ); a reconstruction
+    between the samples is of that order, one that diverged is orders of magnitude above.
+
+    Arguments:
+        point: Shape (M, *state).
+        samples: Shape (M, n, *state), n >= 2.
+
+    Returns:
+        Shape (M,), float64.
+    """
+    n = samples.shape[1]
+    if n < 2:
+        raise ValueError(f"distance_over_spread needs at least 2 samples per case, got {n}")
+    s = samples.flatten(2).double()
+    mean = s.mean(1)
+    spread = (s - mean[:, None]).square().sum((1, 2)) / (n - 1)
+    return (point.flatten(1).double() - mean).square().sum(1) / spread

@@ -160,9 +160,27 @@ def test_infer_writes_samples_and_metrics(data: Path, trained: Path, tmp_path: P
         assert f["samples"].shape == (3, 4, 1, 8, 8)
         assert f["ode"].shape == f["mean_path"].shape == f["truth"].shape == (3, 1, 8, 8)
         assert np.isfinite(f["samples"][()]).all()
+        distance = f["ode_distance"][()]
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert {"sde", "ode", "mean_path", "exact_mean"} <= set(report)
+    assert report["ode_diverged"] == np.flatnonzero(~(distance <= 10)).tolist()
     assert (tmp_path / "posterior.png").exists() and (tmp_path / "spectra.png").exists()
+
+
+def test_infer_names_observations_where_the_flow_diverged(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A PF-ODE point 100 standard deviations from the samples (or NaN) is named; one at the
+    samples' mean is not."""
+    from physdiff.cli.infer import ode_divergence
+    from physdiff.systems import InferenceResult
+    samples = torch.randn(4, 8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ode = samples.mean(1)
+    ode[1] += 100
+    ode[3] = float("nan")
+    result = InferenceResult(None, samples[:, 0], None, {"0": samples}, {"0": ode}, {"0": ode})
+    assert ode_divergence(result, "0") == {"ode_diverged": [1, 3]}
+    assert "PF-ODE diverged on 2 of 4 observations" in capsys.readouterr().out
+    assert result.ode_distance is not None and result.ode_distance[0] < 1
 
 
 def test_infer_on_user_npy(trained: Path, tmp_path: Path) -> None:

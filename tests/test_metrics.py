@@ -12,6 +12,7 @@ from physdiff.metrics import (
     BANDS,
     band_masks,
     band_variance_ratio,
+    distance_over_spread,
     fourier_components,
     interval_coverage,
     mse,
@@ -303,3 +304,23 @@ def test_interval_coverage_detects_miscalibrated_samplers() -> None:
     assert coverage(1.0) == pytest.approx(0.9, abs=0.03)
     assert coverage(0.3) < 0.5  # expected P(|Z| < 0.3 · 1.645) ≈ 0.38
     assert coverage(3.0) > 0.99
+
+
+def test_distance_over_spread_of_a_posterior_draw_is_one_plus_one_over_n() -> None:
+    """A point drawn from the samples' own distribution (isotropic Gaussian, σ = 3) lies at its
+    exact expected ratio; one shifted by 30 standard deviations per coordinate of a correlated
+    Gaussian is flagged far above the divergence threshold; fewer than 2 samples refuse."""
+    gen = torch.Generator().manual_seed(3)
+    m, n, d = 8000, 8, 6
+    draws = 3 * torch.randn(m, n + 1, d, generator=gen, dtype=torch.float64)
+    ratio = distance_over_spread(draws[:, 0], draws[:, 1:])
+    # (1 + 1/n) σ² χ²_d over an independent σ² χ²_{d(n−1)} / (n − 1): mean
+    # (1 + 1/n) · d(n − 1) / (d(n − 1) − 2); its standard error over m cases is 0.009 here
+    expected = (1 + 1 / n) * d * (n - 1) / (d * (n - 1) - 2)
+    assert abs(ratio.mean().item() - expected) < 0.05, (ratio.mean().item(), expected)
+    scale = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    correlated = draws @ scale.T
+    far = correlated[:, 0] + 30 * 3 * scale.square().sum(1).sqrt()
+    assert (distance_over_spread(far, correlated[:, 1:]) > 100).float().mean() > 0.99
+    with pytest.raises(ValueError, match="at least 2"):
+        distance_over_spread(draws[:, 0], draws[:, 1:2])

@@ -56,6 +56,7 @@ class InferenceResult:
     paths: Tensor | None = None
     exact: Any = None
     exact_samples: Tensor | None = None
+    ode_distance: Tensor | None = None  # (M,) PF-ODE point's distance over the samples' spread
     noise: str = "calibrated"
     seed: int = 0
     report: dict[str, Any] = field(default_factory=dict)
