@@ -56,6 +56,8 @@ def fit(
     Arguments:
         parameters: The trained parameters (gradients clipped element-wise to ±clip).
         loss_fn: (rollout length, generator) -> scalar loss on a fresh batch.
+        stages: The curriculum; where it is a list, the caller may shorten a stage between
+            updates (train.py's --patience) and the loop follows.
         generator: Owns every random draw of batching, so that a resumed run repeats an
             uninterrupted one exactly (save its state with the checkpoint).
         skipped: Non-finite updates skipped before start_step.
@@ -67,8 +69,8 @@ def fit(
     Yields:
         {"step", "loss", "rollout", "lr", "skipped"} after each update; "step" counts updates done.
     """
-    total = sum(s.steps for s in stages)
-    for step in range(start_step, total):
+    step = start_step
+    while step < sum(s.steps for s in stages):  # the caller may end a stage early (a list)
         stage = stage_at(stages, step)
         for group in optimizer.param_groups:
             group["lr"] = lr * stage.lr_factor
@@ -87,7 +89,8 @@ def fit(
             optimizer.step()
         else:
             skipped += 1
-        yield {"step": step + 1, "loss": value, "rollout": stage.rollout,
+        step += 1
+        yield {"step": step, "loss": value, "rollout": stage.rollout,
                "lr": lr * stage.lr_factor, "skipped": skipped}
 
 

@@ -98,6 +98,36 @@ def test_resume_after_interruption_matches_uninterrupted_run(data: Path, trained
         torch.testing.assert_close(a["flow"]["score"][k], b["flow"]["score"][k], rtol=0, atol=0)
 
 
+def test_patience_ends_the_one_step_stage_and_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    """--patience 2 with validation every 2 updates ends the one-step stage of 1:60,2:4 at the
+    first validation that is the second in a row without a new best (checked against the log),
+    runs the 4 rollout updates after it, keeps the PF-ODE's networks at the new stage end, and
+    an interrupted run (inside the patience count, then past the stage end) resumes to the same
+    weights."""
+    argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu", "--stages", "1:60,2:4",
+            "--val-every", "2", "--patience", "2"]
+    train.main([*argv, "--out", str(tmp_path / "a")])
+    rows = [json.loads(ln) for ln in (tmp_path / "a/log.jsonl").read_text().splitlines()]
+    ended = [r["step"] for r in rows if r.get("stage_ended")]
+    assert len(ended) == 1 and ended[0] < 60
+    best, waited, expected = float("inf"), 0, None
+    for r in rows:
+        if "val_loss" in r and r["rollout"] == 1 and expected is None:
+            best, waited = (r["val_loss"], 0) if r["val_loss"] < best else (best, waited + 1)
+            expected = r["step"] if waited == 2 else None
+    assert ended[0] == expected
+    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)
+    assert a["step"] == ended[0] + 4 and a["flow"]["step"] == ended[0]
+    assert a["plateau"]["ended"] == {"0": ended[0]}
+    train.main([*argv, "--out", str(tmp_path / "b"), "--stop-after", "3"])
+    train.main([*argv, "--out", str(tmp_path / "b"), "--resume", "--stop-after", str(ended[0])])
+    train.main([*argv, "--out", str(tmp_path / "b"), "--resume"])
+    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)
+    assert b["step"] == a["step"] and b["plateau"] == a["plateau"]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
 def test_probability_flow_uses_the_networks_of_the_one_step_stage(data: Path, trained: Path,
                                                                    tmp_path: Path) -> None:
     """The tiny curriculum 1:6,2:4 keeps the score network as it stood after

@@ -99,3 +99,23 @@ def test_one_step_term_of_a_window_is_the_mean_of_its_pairs_one_step_losses() ->
     each = [one_step_loss(drift, window[:, j], window[:, j + 1], t_end - (3 - j) * dt, dt, g)
             for j in range(4)]
     torch.testing.assert_close(_pairs_loss(run_, window, t_end, None), torch.stack(each).mean())
+
+
+def test_plateau_ends_only_one_step_stages_after_patience_validations() -> None:
+    """Plateau (train.py --patience): a one-step stage ends at the validation that is the
+    `patience`-th in a row without a new best, shortened in place; a multi-step stage never
+    ends; a restored state shortens a fresh curriculum alike and continues the count."""
+    from physdiff.cli.train_run import Plateau
+    stages = [Stage(1, 100), Stage(4, 10), Stage(1, 50, 0.5)]
+    plateau = Plateau(2)
+    losses = {10: 3.0, 20: 2.0, 30: 2.5, 40: 1.9, 50: 2.0, 60: 1.95}
+    ended = [s for s, v in losses.items() if plateau.observe(stages, s, v)]
+    assert ended == [60] and stages[0] == Stage(1, 60) and plateau.ended == {0: 60}
+    assert not any(plateau.observe(stages, s, 9.0) for s in (62, 64, 66, 68))  # rollout 4
+    fresh, again = [Stage(1, 100), Stage(4, 10), Stage(1, 50, 0.5)], Plateau(2)
+    again.load(plateau.state(), fresh)
+    assert fresh == stages
+    # the last one-step stage starts its own count: ends after two validations without a best
+    assert [s for s in (80, 90, 100) if again.observe(fresh, s, {80: 1.0}.get(s, 1.5))] == [100]
+    assert fresh[2] == Stage(1, 30, 0.5)
+    assert not Plateau(0).observe([Stage(1, 100)], 50, 1.0)

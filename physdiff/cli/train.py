@@ -83,10 +83,11 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
     run_.optimizer.load_state_dict(state["optimizer"])
     run_.generator.set_state(state["generator"])
     run_.flow = state.get("flow")
+    run_.plateau.load(state.get("plateau"), run_.stages)
     start = state["step"]
     if run_.world.main:
         _log_lines_upto(log_path, start)
-    complete = finished(state) and start >= sum(s.steps for s in run_.stages)
+    complete = finished(state) and start >= _total(run_)
     return start, state["skipped"], complete
 
 
@@ -114,7 +115,7 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     step=step, skipped=skipped, generator=run_.generator.get_state(),
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
                     state_shape=list(run_.data.x.shape[2:]), version=code_version(),
-                    world_size=run_.world.size, flow=run_.flow,
+                    world_size=run_.world.size, flow=run_.flow, plateau=run_.plateau.state(),
                     noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
                              else None), **done)
@@ -178,13 +179,11 @@ def _train(args: argparse.Namespace, world: World) -> None:
     if world.main:
         write_text_atomic(args.out / "config.json", json.dumps(asdict(run_.cfg), indent=2) + "\n")
     validate = validation(run_, valid, str(valid_path))
-    total = sum(s.steps for s in run_.stages)
-    stop_at = min(total, start + args.stop_after) if args.stop_after else total
+    stop_after = start + args.stop_after if args.stop_after else None
     interrupted: list[bool] = []
-    flow_step = flow_snapshot_step(run_.stages)
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
-    bar = Progress("train", total, initial=start) if world.main else None
+    bar = Progress("train", _total(run_), initial=start) if world.main else None
     with log_path.open("a") if world.main else contextlib.nullcontext() as log:
         sync = UpdateSync(run_, world, interrupted)
         for metrics in fit(run_.params, sync.wrap(loss_function(run_)), run_.optimizer,
@@ -192,10 +191,15 @@ def _train(args: argparse.Namespace, world: World) -> None:
                            run_.cfg.clip, after_backward=sync.after_backward,
                            reduce=sync.mean_loss):
             step, skipped = metrics["step"], metrics["skipped"]
-            if step == flow_step:  # the networks the probability-flow ODE uses
-                run_.flow = snapshot(run_, step)
-            if step % run_.cfg.val_every == 0 or step == total:
+            if step % run_.cfg.val_every == 0 or step == _total(run_):
                 metrics["val_loss"] = validate(world)  # shared by the ranks
+                # every rank computes the same mean loss, so every rank ends the stage alike
+                if run_.plateau.observe(run_.stages, step, metrics["val_loss"]):
+                    metrics["stage_ended"] = True
+                    if bar is not None:
+                        bar.total = _total(run_)
+            if step == flow_snapshot_step(run_.stages):  # the networks the PF-ODE uses
+                run_.flow = snapshot(run_, step)
             if world.main:
                 if step % 10 == 0 or "val_loss" in metrics:
                     metrics["time"] = round(time.perf_counter() - t0, 2)
@@ -206,20 +210,28 @@ def _train(args: argparse.Namespace, world: World) -> None:
                 if step % args.save_every == 0:
                     save(run_, ckpt_path, step, skipped)
             # every rank stops at the same update (a signal may reach only some of them)
-            if step >= stop_at or sync.stop:
+            if step == stop_after or sync.stop:
                 break
     if bar is not None:
         bar.close()
     if not world.main:
         return
+    total = _total(run_)
     if step < total:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")
         return
     finish(args, run_, valid, valid_path, skipped)
-    print(f"trained {total} updates ({skipped} skipped as non-finite) in "
+    ended = "".join(f"; stage {i + 1} ended by --patience after {n} updates"
+                    for i, n in sorted(run_.plateau.ended.items()))
+    print(f"trained {total} updates ({skipped} skipped as non-finite{ended}) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")
+
+
+def _total(run_: Run) -> int:
+    """Updates in the curriculum as it stands (--patience may have ended a stage early)."""
+    return sum(s.steps for s in run_.stages)
 
 
 def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
@@ -242,7 +254,7 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
         choice = choose_flow_correction(run_, model, valid, valid_path)
         model.flow_correction = fitted if choice["kept"] else None
     end_state = run_.system.end_state_statistics(trajectories[:, -1].cpu())
-    save(run_, ckpt_path, sum(s.steps for s in run_.stages), skipped, noise, end_state,
+    save(run_, ckpt_path, _total(run_), skipped, noise, end_state,
          fitted, choice)
     check_held_out(args, run_, model, valid, valid_path, choice)
     plots.loss_curve(args.out / "loss.png",

@@ -49,6 +49,7 @@ class TrainConfig:
     val_trajectories: int = 64
     val_chunk: int = 64
     heldout_trajectories: int = 32  # validation trajectories for the held-out calibration check
+    patience: int = 0  # end a one-step stage after this many validations without improvement
     system: str | None = None  # overrides the system the data record (name or module:Class)
 
 
@@ -100,6 +101,10 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random rotations / flips / translations")
     p.add_argument("--val-every", type=positive(int), help="validate every N updates (250)")
+    p.add_argument("--patience", type=non_negative(int),
+                   help="end a one-step stage early once its validation loss has not improved "
+                   "for this many validations (every --val-every updates); give a generous "
+                   "step count and let this end it (default 0: run every stage to its count)")
     p.add_argument("--save-every", type=positive(int), default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--physics", choices=["true", "learned", "none"],

@@ -21,8 +21,8 @@ from physdiff.runtime import pick_device
 from physdiff.sde import Drift, reverse_drift
 from physdiff.training import Stage
 
-__all__ = ["Batches", "Run", "calibrate", "calibration_set", "flow_snapshot_step", "loss_function", "setup",
-           "snapshot", "validation"]
+__all__ = ["Batches", "Plateau", "Run", "calibrate", "calibration_set", "flow_snapshot_step",
+           "loss_function", "setup", "snapshot", "validation"]
 
 
 class Batches:
@@ -70,6 +70,7 @@ class Run:
     # the networks' weights at the end of the one-step stage, for the probability-flow ODE
     # ({"score", "physics", "step"}; `flow_snapshot_step`), saved with every checkpoint after
     flow: dict[str, Any] | None = None
+    plateau: Plateau | None = None  # early ends of one-step stages (--patience)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -111,6 +112,7 @@ def setup(args: argparse.Namespace, world: World = SINGLE) -> Run:
     run_ = Run(cfg, stages, data, system, condition, model, physics_net, None,  # type: ignore[arg-type]
                torch.Generator().manual_seed(cfg.seed), device, world)
     run_.optimizer = torch.optim.Adam(run_.params, lr=cfg.lr)
+    run_.plateau = Plateau(cfg.patience)
     return run_
 
 
@@ -149,6 +151,61 @@ def _pairs_loss(run_: Run, window: torch.Tensor, t_end: torch.Tensor,
     cond = None if cond is None else cond.repeat_interleave(s, 0)
     return one_step_loss(run_.drift_for(cond), window[:, :-1].flatten(0, 1),
                          window[:, 1:].flatten(0, 1), t_next, meta.dt, meta.g)
+
+
+class Plateau:
+    """Ends a one-step stage early once its validation loss has not improved for `patience`
+    validations in a row (--patience; 0: never), so that a generous step count adapts to a
+    problem the preset was not tuned for. Only one-step stages: the multi-step stages raise
+    the one-step validation loss while they improve the posterior (README, heat presets), so
+    it is no guide there. The stage's updates not run are dropped from the curriculum."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.stage, self.best, self.waited = -1, float("inf"), 0
+        self.ended: dict[int, int] = {}  # stage index -> the updates it ran
+
+    def observe(self, stages: list[Stage], step: int, val_loss: float) -> bool:
+        """After update `step` and its validation: end its stage (shorten `stages` in place)
+        if it has plateaued; return whether it did."""
+        index, first = _stage_index(stages, step - 1)
+        stage = stages[index]
+        if self.patience == 0 or stage.rollout != 1:
+            return False
+        if index != self.stage:
+            self.stage, self.best, self.waited = index, float("inf"), 0
+        if val_loss < self.best:
+            self.best, self.waited = val_loss, 0
+            return False
+        self.waited += 1
+        if self.waited < self.patience or step >= first + stage.steps:
+            return False
+        stages[index] = Stage(stage.rollout, step - first, stage.lr_factor)
+        self.ended[index] = step - first
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"stage": self.stage, "best": self.best, "waited": self.waited,
+                "ended": {str(k): v for k, v in self.ended.items()}}
+
+    def load(self, state: dict[str, Any] | None, stages: list[Stage]) -> None:
+        """Restore a checkpoint's state and shorten `stages` as that run did."""
+        if not state:
+            return
+        self.stage, self.best, self.waited = state["stage"], state["best"], state["waited"]
+        self.ended = {int(k): v for k, v in state["ended"].items()}
+        for index, steps in self.ended.items():
+            stages[index] = Stage(stages[index].rollout, steps, stages[index].lr_factor)
+
+
+def _stage_index(stages: Sequence[Stage], step: int) -> tuple[int, int]:
+    """(index, first update) of the stage that 0-based update `step` belongs to."""
+    first = 0
+    for index, stage in enumerate(stages):
+        if step < first + stage.steps:
+            return index, first
+        first += stage.steps
+    return len(stages) - 1, first - stages[-1].steps
 
 
 def flow_snapshot_step(stages: Sequence[Stage]) -> int:
