@@ -119,3 +119,9 @@ def test_plateau_ends_only_one_step_stages_after_patience_validations() -> None:
     assert [s for s in (80, 90, 100) if again.observe(fresh, s, {80: 1.0}.get(s, 1.5))] == [100]
     assert fresh[2] == Stage(1, 30, 0.5)
     assert not Plateau(0).observe([Stage(1, 100)], 50, 1.0)
+    # a drop of less than min_improvement (relative) is not an improvement
+    creep, plateau = [Stage(1, 100)], Plateau(2, min_improvement=1e-3)
+    assert [s for s, v in {10: 2.0, 20: 1.9995, 30: 1.999}.items()
+            if plateau.observe(creep, s, v)] == [30]
+    assert not any(Plateau(2, 0.0).observe([Stage(1, 100)], s, v)
+                   for s, v in {10: 2.0, 20: 1.9995, 30: 1.999}.items())

@@ -50,6 +50,7 @@ class TrainConfig:
     val_chunk: int = 64
     heldout_trajectories: int = 32  # validation trajectories for the held-out calibration check
     patience: int = 0  # end a one-step stage after this many validations without improvement
+    min_improvement: float = 1e-3  # relative margin that counts as an improvement (--patience)
     system: str | None = None  # overrides the system the data record (name or module:Class)
 
 
@@ -105,6 +106,9 @@ def parser(description: str = "") -> argparse.ArgumentParser:
                    help="end a one-step stage early once its validation loss has not improved "
                    "for this many validations (every --val-every updates); give a generous "
                    "step count and let this end it (default 0: run every stage to its count)")
+    p.add_argument("--min-improvement", type=non_negative(float),
+                   help="with --patience, the relative drop below the best validation loss "
+                   "that counts as an improvement (default 0.001)")
     p.add_argument("--save-every", type=positive(int), default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--physics", choices=["true", "learned", "none"],

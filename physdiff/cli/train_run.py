@@ -112,7 +112,7 @@ def setup(args: argparse.Namespace, world: World = SINGLE) -> Run:
     run_ = Run(cfg, stages, data, system, condition, model, physics_net, None,  # type: ignore[arg-type]
                torch.Generator().manual_seed(cfg.seed), device, world)
     run_.optimizer = torch.optim.Adam(run_.params, lr=cfg.lr)
-    run_.plateau = Plateau(cfg.patience)
+    run_.plateau = Plateau(cfg.patience, cfg.min_improvement)
     return run_
 
 
@@ -158,10 +158,14 @@ class Plateau:
     validations in a row (--patience; 0: never), so that a generous step count adapts to a
     problem the preset was not tuned for. Only one-step stages: the multi-step stages raise
     the one-step validation loss while they improve the posterior (README, heat presets), so
-    it is no guide there. The stage's updates not run are dropped from the curriculum."""
+    it is no guide there. The stage's updates not run are dropped from the curriculum.
 
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
+    An improvement is a validation loss below the best by more than `min_improvement` of it
+    (--min-improvement): without that margin a slowly creeping loss never stops (64² heat,
+    demo preset: a new best every 500 updates up to 9500, each under 0.1 %)."""
+
+    def __init__(self, patience: int, min_improvement: float = 1e-3) -> None:
+        self.patience, self.min_improvement = patience, min_improvement
         self.stage, self.best, self.waited = -1, float("inf"), 0
         self.ended: dict[int, int] = {}  # stage index -> the updates it ran
 
@@ -174,7 +178,8 @@ class Plateau:
             return False
         if index != self.stage:
             self.stage, self.best, self.waited = index, float("inf"), 0
-        if val_loss < self.best:
+        margin = 0.0 if self.best == float("inf") else self.min_improvement * abs(self.best)
+        if val_loss < self.best - margin:  # NaN never improves
             self.best, self.waited = val_loss, 0
             return False
         self.waited += 1
