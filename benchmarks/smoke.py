@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from common import ROOT, base_parser, print_table, script, train_model
 
+from physdiff import metrics
 from physdiff.cli.train import parse_stages
 from physdiff.data import read
 from physdiff.io import write_text_atomic
@@ -233,10 +234,8 @@ def paired_ratio_ci(ours: list[float], theirs: list[float], draws: int = 2000
                     ) -> list[float]:
     """95 % interval of mean(ours) / mean(theirs) by resampling the observations (paired: one
     draw of observations for both), so that a ratio near 1 reads against its own scatter."""
-    a, b = torch.tensor(ours, dtype=torch.float64), torch.tensor(theirs, dtype=torch.float64)
-    idx = torch.randint(0, a.shape[0], (draws, a.shape[0]),
-                        generator=torch.Generator().manual_seed(0))
-    ratios = a[idx].mean(1) / b[idx].mean(1)
+    ratios = metrics.bootstrap_ratios(torch.tensor(ours, dtype=torch.float64),
+                                      torch.tensor(theirs, dtype=torch.float64), draws)
     return [float(v) for v in torch.quantile(ratios, torch.tensor([0.025, 0.975],
                                                                   dtype=torch.float64))]
 

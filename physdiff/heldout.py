@@ -112,12 +112,9 @@ def ode_verdict(check: dict[str, Any]) -> str:
 
 def _bootstrap_se(samples: Tensor, x_0: Tensor, draws: int = 200) -> float:
     """Standard error of the spread-skill ratio by resampling the held-out cases."""
-    per_sample = (samples - x_0[:, None]).square().flatten(1).mean(1).double()
-    of_mean = (samples.mean(1) - x_0).square().flatten(1).mean(1).double()
-    idx = torch.randint(0, x_0.shape[0], (draws, x_0.shape[0]),
-                        generator=torch.Generator().manual_seed(0))
-    ratios = per_sample[idx].sum(1) / of_mean[idx].sum(1)
-    return float(ratios.std())
+    per_sample = (samples - x_0[:, None]).square().flatten(1).mean(1)
+    of_mean = (samples.mean(1) - x_0).square().flatten(1).mean(1)
+    return float(metrics.bootstrap_ratios(per_sample, of_mean, draws).std())
 
 
 def verdict(check: dict[str, Any]) -> str:

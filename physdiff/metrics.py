@@ -13,6 +13,7 @@ __all__ = [
     "BANDS",
     "band_masks",
     "band_variance_ratio",
+    "bootstrap_ratios",
     "distance_over_spread",
     "fourier_components",
     "interval_coverage",
@@ -133,3 +134,13 @@ def distance_over_spread(point: Tensor, samples: Tensor) -> Tensor:
     mean = s.mean(1)
     spread = (s - mean[:, None]).square().sum((1, 2)) / (n - 1)
     return (point.flatten(1).double() - mean).square().sum(1) / spread
+
+
+def bootstrap_ratios(a: Tensor, b: Tensor, draws: int, seed: int = 0) -> Tensor:
+    """Σ a / Σ b over `draws` resamplings (with replacement) of the cases, paired: one draw of
+    case indices serves both. a, b: one number per case, shape (N,); returns (draws,) float64,
+    whose spread or quantiles tell how much the ratio of means depends on which cases came."""
+    a, b = a.double(), b.double()
+    idx = torch.randint(0, a.shape[0], (draws, a.shape[0]),
+                        generator=torch.Generator().manual_seed(seed))
+    return a[idx].sum(1) / b[idx].sum(1)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from physdiff.io import atomic_path
 
-__all__ = ["CheckpointError", "Stage", "fit", "load_checkpoint", "save_checkpoint", "stage_at"]
+__all__ = ["CheckpointError", "Stage", "fit", "load_checkpoint", "save_checkpoint", "stage_at",
+           "stage_index"]
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,20 @@ class Stage:
     lr_factor: float = 1.0
 
 
+def stage_index(stages: Sequence[Stage], step: int) -> tuple[int, int]:
+    """(index, first update) of the stage that update number `step` (0-based) belongs to; past
+    the end, the last stage."""
+    first = 0
+    for index, stage in enumerate(stages):
+        if step < first + stage.steps:
+            return index, first
+        first += stage.steps
+    return len(stages) - 1, first - stages[-1].steps
+
+
 def stage_at(stages: Sequence[Stage], step: int) -> Stage:
     """The stage that update number `step` (0-based) belongs to."""
-    for stage in stages:
-        if step < stage.steps:
-            return stage
-        step -= stage.steps
-    return stages[-1]
+    return stages[stage_index(stages, step)[0]]
 
 
 def fit(

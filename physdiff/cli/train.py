@@ -248,15 +248,14 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
     fitted = run_.system.flow_correction(
         lambda condition: model.flow_drift(condition, c=1.0, corrected=False), trajectories,
         cond)
+    valid_cond = run_.system.condition(valid.extras, str(valid_path))
     choice = None
     if fitted is not None:
-        model.flow_correction = fitted
-        choice = choose_flow_correction(run_, model, valid, valid_path)
+        choice = choose_flow_correction(run_, model, fitted, valid, valid_cond)
         model.flow_correction = fitted if choice["kept"] else None
     end_state = run_.system.end_state_statistics(trajectories[:, -1].cpu())
-    save(run_, ckpt_path, _total(run_), skipped, noise, end_state,
-         fitted, choice)
-    check_held_out(args, run_, model, valid, valid_path, choice)
+    save(run_, ckpt_path, _total(run_), skipped, noise, end_state, fitted, choice)
+    check_held_out(args, run_, model, valid, valid_cond, choice)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])
 
@@ -266,23 +265,23 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
 FLOW_CHOICE_CASES = 512
 
 
-def choose_flow_correction(run_: Run, model: Model, valid: Trajectories,
-                           valid_path: Path) -> dict[str, Any]:
-    """Whether the model's fitted flow correction lowers the PF-ODE's MSE on validation
-    trajectories other than the held-out check's (physdiff/flow_correction.py); prints it."""
+def choose_flow_correction(run_: Run, model: Model, fitted: torch.Tensor, valid: Trajectories,
+                           valid_cond: torch.Tensor | None) -> dict[str, Any]:
+    """Whether the fitted flow correction lowers the model's PF-ODE MSE on validation
+    trajectories other than the held-out check's (physdiff/flow_correction.py); prints it.
+    Leaves `model.flow_correction` as it found it."""
     first = run_.cfg.heldout_trajectories if valid.x.shape[0] > run_.cfg.heldout_trajectories else 0
     cases = slice(first, first + FLOW_CHOICE_CASES)
     x = valid.x[cases].to(run_.device)
-    condition = run_.system.condition(valid.extras, str(valid_path))
-    condition = None if condition is None else condition[cases].to(run_.device)
-    fitted = model.flow_correction
+    condition = None if valid_cond is None else valid_cond[cases].to(run_.device)
+    before = model.flow_correction
 
     def flow(corrected: bool) -> torch.Tensor:
         model.flow_correction = fitted if corrected else None
         try:
             return reconstruct(model, x[:, -1], "ode", condition=condition)
         finally:
-            model.flow_correction = fitted
+            model.flow_correction = before
 
     choice = held_out_choice(flow, x[:, 0])
     print(f"train: flow correction {'kept' if choice['kept'] else 'dropped'}: PF-ODE MSE "
@@ -307,14 +306,15 @@ def trained_model(run_: Run, noise: torch.Tensor) -> Model:
 
 
 def check_held_out(args: argparse.Namespace, run_: Run, model: Model, valid: Trajectories,
-                   valid_path: Path, flow_choice: dict[str, Any] | None = None) -> None:
-    """Score the finished model on held-out validation trajectories (x_0 known): coverage, SBC,
-    MSE; write calibration.json beside the checkpoint and print the verdict."""
+                   valid_cond: torch.Tensor | None,
+                   flow_choice: dict[str, Any] | None = None) -> None:
+    """Score the finished model on held-out validation trajectories (x_0 known, conditions
+    `valid_cond`): coverage, SBC, MSE; write calibration.json beside the checkpoint and print
+    the verdict."""
     n = min(run_.cfg.heldout_trajectories, valid.x.shape[0])
     note(f"train: held-out calibration check on {n} validation trajectories")
-    condition = run_.system.condition(valid.extras, str(valid_path))
     check = held_out_check(model, valid.x[:n].to(run_.device),
-                           None if condition is None else condition[:n].to(run_.device),
+                           None if valid_cond is None else valid_cond[:n].to(run_.device),
                            torch.Generator(run_.device).manual_seed(run_.cfg.seed),
                            flow_choice=flow_choice)
     write_text_atomic(args.out / "calibration.json", json.dumps(check, indent=2) + "\n")

@@ -19,7 +19,7 @@ from physdiff.distributed import SINGLE, World, agree, sum_across
 from physdiff.losses import forward_loss, multi_step_loss, one_step_loss
 from physdiff.runtime import pick_device
 from physdiff.sde import Drift, reverse_drift
-from physdiff.training import Stage
+from physdiff.training import Stage, stage_index
 
 __all__ = ["Batches", "Plateau", "Run", "calibrate", "calibration_set", "flow_snapshot_step",
            "loss_function", "setup", "snapshot", "validation"]
@@ -172,7 +172,7 @@ class Plateau:
     def observe(self, stages: list[Stage], step: int, val_loss: float) -> bool:
         """After update `step` and its validation: end its stage (shorten `stages` in place)
         if it has plateaued; return whether it did."""
-        index, first = _stage_index(stages, step - 1)
+        index, first = stage_index(stages, step - 1)
         stage = stages[index]
         if self.patience == 0 or stage.rollout != 1:
             return False
@@ -185,8 +185,8 @@ class Plateau:
         self.waited += 1
         if self.waited < self.patience or step >= first + stage.steps:
             return False
-        stages[index] = Stage(stage.rollout, step - first, stage.lr_factor)
         self.ended[index] = step - first
+        _shorten(stages, index, step - first)
         return True
 
     def state(self) -> dict[str, Any]:
@@ -200,17 +200,12 @@ class Plateau:
         self.stage, self.best, self.waited = state["stage"], state["best"], state["waited"]
         self.ended = {int(k): v for k, v in state["ended"].items()}
         for index, steps in self.ended.items():
-            stages[index] = Stage(stages[index].rollout, steps, stages[index].lr_factor)
+            _shorten(stages, index, steps)
 
 
-def _stage_index(stages: Sequence[Stage], step: int) -> tuple[int, int]:
-    """(index, first update) of the stage that 0-based update `step` belongs to."""
-    first = 0
-    for index, stage in enumerate(stages):
-        if step < first + stage.steps:
-            return index, first
-        first += stage.steps
-    return len(stages) - 1, first - stages[-1].steps
+def _shorten(stages: list[Stage], index: int, steps: int) -> None:
+    """Stage `index` ends after `steps` updates (in place)."""
+    stages[index] = Stage(stages[index].rollout, steps, stages[index].lr_factor)
 
 
 def flow_snapshot_step(stages: Sequence[Stage]) -> int:
