@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from common import ROOT, base_parser, print_table, script, train_model, with_end_state
 
-from physdiff.conditioning import sample_posterior_observed
+from physdiff.conditioning import sample_end_states, sample_posterior_observed
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
@@ -54,7 +54,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stein-only", action="store_true",
                    help="only the Stein check of the end-state velocity score (seconds)")
+    p.add_argument("--drift-check", action="store_true",
+                   help="only run chains from the true x_T and measure how far they drift "
+                        "(writes nbody_obs_drift.json; minutes)")
     return p
+
+
+DRIFT_STEPS = (0, 50, 200, 800)
+
+
+@torch.no_grad()
+def drift_check(model: Any, op: Mask, x_0: torch.Tensor, x_T: torch.Tensor, n: int, seed: int,
+                batch_size: int) -> list[dict[str, float]]:
+    """Chains on p(x_T | y) started at the true x_T, an exact draw of that target (up to the
+    position noise): a correct prior score keeps them there, so the reverse SDE from where they
+    are after S steps must give x_0 samples as spread as from the truth itself, and within the
+    prior's variance on average (the posterior's mean variance cannot exceed the prior's). Per S:
+    the squared distance of the chains' velocities from the true v_T, and the x_0 samples'
+    velocity spread and squared error."""
+    m = x_T.shape[0]
+    score = model.system.end_state_score(model)
+    t_end = model.meta.times()[-1].float()
+    precondition = model.system.end_state_preconditioner(model, op, torch.tensor(SIGMA))
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for steps in DRIFT_STEPS:
+        if steps == 0:
+            draws = x_T[:, None].expand(m, n, *x_T.shape[1:]).clone()
+        else:
+            draws, _ = sample_end_states(lambda x: score(x, t_end.expand(x.shape[0])), op,
+                                         op(x_T), SIGMA, n, gen, steps, init=x_T, init_scale=0.0,
+                                         precondition=precondition, step_factor=1.0)
+        x0 = sample_posterior(model, draws.reshape(-1, *x_T.shape[1:]), 1, gen,
+                              batch_size=batch_size).reshape(m, n, *x_T.shape[1:])
+        rows.append({"steps": steps,
+                     "v_T_distance": float((draws - x_T[:, None])[..., 2:].square().mean()),
+                     "x0_velocity_spread": float(x0[..., 2:].var(1).mean()),
+                     "x0_velocity_error": float((x0 - x_0[:, None])[..., 2:].square().mean()),
+                     "x0_position_error": float((x0 - x_0[:, None])[..., :2].square().mean())})
+        print("  ".join(f"{k} {v:.4g}" for k, v in rows[-1].items()), flush=True)
+    return rows
 
 
 @torch.no_grad()
@@ -90,6 +129,16 @@ def main() -> None:
     positions = torch.zeros(x_T.shape[1:])
     positions[:, :2] = 1
     op = Mask(positions)
+    if args.drift_check:
+        print(f"prior variance of x_0's velocities: {float(x_0[..., 2:].var(0).mean()):.4g}")
+        rows = drift_check(model, op, x_0, x_T, n, args.seed, args.batch_size)
+        write_text_atomic(out / "nbody_obs_drift.json", json.dumps({
+            "command": "python benchmarks/nbody_obs.py --drift-check"
+                       + (f" --limit {args.limit}" if args.limit else ""),
+            "version": code_version(), "sigma_y": SIGMA, "test_states": m, "chains": n,
+            "x0_velocity_prior_variance": float(x_0[..., 2:].var(0).mean()), "rows": rows},
+            indent=2) + "\n")
+        return
     gen = torch.Generator().manual_seed(args.seed)
     y = op(x_T) + SIGMA * op(torch.randn(x_T.shape, generator=gen))
     rows: dict[str, dict[str, Any]] = {}
