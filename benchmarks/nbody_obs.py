@@ -130,13 +130,14 @@ def main() -> None:
     positions[:, :2] = 1
     op = Mask(positions)
     if args.drift_check:
-        print(f"prior variance of x_0's velocities: {float(x_0[..., 2:].var(0).mean()):.4g}")
+        prior_variance = float(x_0[..., 2:].var(0).mean())
+        print(f"prior variance of x_0's velocities: {prior_variance:.4g}")
         rows = drift_check(model, op, x_0, x_T, n, args.seed, args.batch_size)
         write_text_atomic(out / "nbody_obs_drift.json", json.dumps({
             "command": "python benchmarks/nbody_obs.py --drift-check"
                        + (f" --limit {args.limit}" if args.limit else ""),
             "version": code_version(), "sigma_y": SIGMA, "test_states": m, "chains": n,
-            "x0_velocity_prior_variance": float(x_0[..., 2:].var(0).mean()), "rows": rows},
+            "x0_velocity_prior_variance": prior_variance, "rows": rows},
             indent=2) + "\n")
         return
     gen = torch.Generator().manual_seed(args.seed)

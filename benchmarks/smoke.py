@@ -193,7 +193,8 @@ def main() -> None:
         print(f"  {t['name']}: {t['value']:.4g} (target {t['target']}): "
               f"{'met' if t['met'] else 'NOT met'}")
     result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
-              "command": "python benchmarks/smoke.py" + ("" if config == "full" else f" --config {config}"),
+              "command": "python benchmarks/smoke.py"
+                         + ("" if config == "full" else f" --config {config}"),
               "network_stages": network_stages, "version": code_version(),
               "device": str(device), "torch_threads": torch.get_num_threads(),
               "tables": tables, "per_observation_mse": per_obs, "targets": targets}

@@ -7,8 +7,8 @@ For every test observation at T = 0.65, n reverse-SDE samples are drawn once and
 at every requested time index, so each horizon is scored on the same paths. The smoke-64 preset
 trains rollouts of at most 16 steps; benchmarks/smoke.py scores 30 steps back (t = 0.35).
 
-Prints a table (smoke channel, MSE per sample and of the sample mean, their physdiff / network
-ratio) and writes smoke_horizon.json beside smoke.json.
+Prints a table (smoke channel, MSE per sample and of the sample mean by `System.evaluate`, their
+physdiff / network ratio) and writes smoke_horizon.json beside smoke.json.
 
 Examples:
     python benchmarks/smoke_horizon.py                        # smoke-64
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 import torch
 from common import ROOT, print_table
@@ -44,18 +45,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 @torch.no_grad()
-def horizon_errors(checkpoint: str, test: object, test_path: str, keep: tuple[int, ...], n: int, seed: int,
-                   batch_size: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """Smoke-channel MSE per sample and of the sample mean at each index of `keep`."""
+def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, ...], n: int,
+                   seed: int, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
+    """The system's metrics (`System.evaluate`, as benchmarks/smoke.py scores t = 0.35) of the
+    same n samples per observation at each time index of `keep`."""
     model = load_model(checkpoint, device)
     cond = model.system.condition(test.extras, test_path).to(device)
     gen = torch.Generator(device).manual_seed(seed)
-    samples = sample_posterior(model, test.x[:, -1].to(device), n, gen, batch_size=batch_size,
-                               condition=cond, keep=keep).cpu()  # (M, n, K, C, H, W)
-    truth = test.x[:, list(keep)]
-    per_sample = (samples - truth[:, None])[:, :, :, 0].square().mean((0, 1, 3, 4))
-    of_mean = (samples.mean(1) - truth)[:, :, 0].square().mean((0, 2, 3))
-    return per_sample.tolist(), of_mean.tolist()
+    x_T = test.x[:, -1].to(device)
+    samples = sample_posterior(model, x_T, n, gen, batch_size=batch_size, condition=cond,
+                               keep=keep)  # (M, n, K, C, H, W)
+    return [model.system.evaluate(test.x[:, k].to(device), x_T, samples=samples[:, :, i],
+                                  condition=cond, index=k) for i, k in enumerate(keep)]
 
 
 def main() -> None:
@@ -66,16 +67,19 @@ def main() -> None:
     test = read(data / "test.h5", simulator="smoke")
     n_steps = test.x.shape[1] - 1
     errors = {physics: horizon_errors(str(out / physics / "checkpoint.pt"), test,
-                                      str(data / "test.h5"), KEEP,
-                                      args.n_samples, args.seed, args.batch_size, device)
+                                      str(data / "test.h5"), KEEP, args.n_samples, args.seed,
+                                      args.batch_size, device)
               for physics in ("true", "none")}
     rows = {}
     for i, k in enumerate(KEEP):
-        (ps_p, pm_p), (ps_n, pm_n) = ((e[0][i], e[1][i]) for e in errors.values())
+        ours, theirs = errors["true"][i], errors["none"][i]
         rows[f"{n_steps - k} steps back (t = {k * test.meta.dt:.2f})"] = {
-            "steps_back": n_steps - k, "physdiff_per_sample": ps_p, "network_per_sample": ps_n,
-            "ratio_per_sample": ps_p / ps_n, "physdiff_of_mean": pm_p, "network_of_mean": pm_n,
-            "ratio_of_mean": pm_p / pm_n}
+            "steps_back": n_steps - k,
+            "physdiff_per_sample": ours["mse_per_sample"],
+            "network_per_sample": theirs["mse_per_sample"],
+            "ratio_per_sample": ours["mse_per_sample"] / theirs["mse_per_sample"],
+            "physdiff_of_mean": ours["mse_of_mean"], "network_of_mean": theirs["mse_of_mean"],
+            "ratio_of_mean": ours["mse_of_mean"] / theirs["mse_of_mean"]}
     print_table(rows, [("physdiff_per_sample", "physdiff/smp", "{:.5f}"),
                        ("network_per_sample", "network/smp", "{:.5f}"),
                        ("ratio_per_sample", "ratio", "{:.3f}"),
