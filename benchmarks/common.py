@@ -16,8 +16,6 @@ from typing import Any
 import h5py
 
 from physdiff.cli.train import finished
-from physdiff.cli.train_config import parse_stages
-from physdiff.cli.train_run import Plateau
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.training import load_checkpoint
@@ -65,27 +63,19 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
         out.rename(stale)
     record = out / "wall_time.json"
     times = json.loads(record.read_text()) if record.exists() else {"seconds": 0.0}
-    state = load_checkpoint(ckpt) if ckpt.exists() else None
-    if state is None or not finished(state):
-        # a checkpoint whose updates are all done and only its finishing step is of an older
-        # version is finished again: that time is kept apart, not counted as training
-        again = state is not None and state["step"] >= _updates(state)
-        seconds = script("train.py", "--data", str(data), "--out", str(out), "--resume",
-                         "--device", device, *extra, threads=threads)
-        key = "refinish_seconds" if again else "seconds"
-        times[key] = times.get(key, 0.0) + seconds
-        write_text_atomic(record, json.dumps(times) + "\n")
+    before = load_checkpoint(ckpt) if ckpt.exists() else None
+    # train.py --resume also continues a finished run whose curriculum the flags extend, and
+    # returns at once from a complete one
+    seconds = script("train.py", "--data", str(data), "--out", str(out), "--resume",
+                     "--device", device, *extra, threads=threads)
+    after = load_checkpoint(ckpt)
+    if before is None or after["step"] > before["step"]:
+        times["seconds"] += seconds
+    elif not finished(before):
+        # only the finishing step of an older version ran again: kept apart, not training
+        times["refinish_seconds"] = times.get("refinish_seconds", 0.0) + seconds
+    write_text_atomic(record, json.dumps(times) + "\n")
     return times["seconds"]
-
-
-def _updates(state: dict[str, Any]) -> int:
-    """The updates a checkpoint's curriculum asks for (with any stage --patience ended)."""
-    cfg = state["config"]
-    stages = parse_stages(cfg["stages"], cfg.get("final_lr_factor", 0.5))
-    Plateau(0).load(state.get("plateau"), stages)
-    return sum(s.steps for s in stages)
-
-
 
 
 def _stale(ckpt: Path, data: Path) -> bool:

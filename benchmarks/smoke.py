@@ -24,9 +24,10 @@ image-network weights that cannot be downloaded here.
 Each method's rows are cached in the results folder (a rerun skips them; --fresh recomputes).
 
 Examples:
-    python benchmarks/smoke.py            # smoke-64: about an hour of training and evaluation
+    python benchmarks/smoke.py            # smoke-64: about 2 h of training and evaluation
     python benchmarks/smoke.py --quick    # 32² demo recipe, short training: minutes
     python benchmarks/smoke.py --config low-noise   # smoke-64 with a fifth of the noise (g = 0.02)
+    python benchmarks/smoke.py --train-seed 1       # a second pair of models, another seed
 """
 
 from __future__ import annotations
@@ -75,11 +76,23 @@ def parser() -> argparse.ArgumentParser:
                    help="network-only updates per physics update, per stage (equal wall time)")
     p.add_argument("--only", help="comma list of methods to (re)compute: sde, ode, naive, "
                    "lbfgs, network")
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="training seed of both models (0: results folder of the config; N: "
+                        "its name with -seedN)")
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
     p.add_argument("--config", choices=sorted(CONFIGS), default="full",
                    help="full: smoke-64 (default); low-noise: smoke-64 with g = 0.02; quick: "
                         "the same as --quick")
     return p
+
+
+def scale_steps(stages: str, factor: float) -> str:
+    """A curriculum ROLLOUT:STEPS[:LR_FACTOR],... with every step count times `factor`; the
+    learning-rate factors as written (so that a longer preset still continues the checkpoints
+    of the shorter one it extends)."""
+    parse_stages(stages, 1.0)  # checked
+    items = [item.split(":") for item in stages.split(",")]
+    return ",".join(":".join([r, str(round(int(n) * factor)), *rest]) for r, n, *rest in items)
 
 
 def cached(path: Path, fresh: bool, compute: Any) -> dict[str, Any]:
@@ -95,17 +108,19 @@ def main() -> None:
     args = parser().parse_args()
     config = "quick" if args.quick else args.config
     cfg = CONFIGS[config]
-    out, data = ROOT / cfg["out"], ROOT / cfg["data"]
+    # another training seed trains (and scores) its own pair of models in a folder of its own
+    out = ROOT / (cfg["out"] + (f"-seed{args.train_seed}" if args.train_seed else ""))
+    data = ROOT / cfg["data"]
     device = pick_device(args.device)
     script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
     only = set(args.only.split(",")) if args.only else None
-    stages = parse_stages(SmokeSystem.presets[cfg["preset"]]["stages"], 1.0)
-    network_stages = ",".join(f"{s.rollout}:{round(s.steps * args.network_factor)}"
-                              for s in stages)
+    network_stages = scale_steps(SmokeSystem.presets[cfg["preset"]]["stages"],
+                                 args.network_factor)
     flags = {"true": [], "none": ["--stages", network_stages]}
 
     def fit(physics: str) -> float:
         return train_model(data, out / physics, ["--preset", cfg["preset"], "--physics", physics,
+                                                 "--seed", str(args.train_seed),
                                                  *flags[physics]], args.device, threads=1) / 60
 
     with ThreadPoolExecutor(2) as pool:  # two processes of one thread each; threads only wait
@@ -194,7 +209,8 @@ def main() -> None:
               f"{'met' if t['met'] else 'NOT met'}")
     result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
               "command": "python benchmarks/smoke.py"
-                         + ("" if config == "full" else f" --config {config}"),
+                         + ("" if config == "full" else f" --config {config}")
+                         + (f" --train-seed {args.train_seed}" if args.train_seed else ""),
               "network_stages": network_stages, "version": code_version(),
               "device": str(device), "torch_threads": torch.get_num_threads(),
               "tables": tables, "per_observation_mse": per_obs, "targets": targets}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +97,32 @@ def test_resume_after_interruption_matches_uninterrupted_run(data: Path, trained
     assert a["flow"]["step"] == b["flow"]["step"] == 6
     for k in a["flow"]["score"]:
         torch.testing.assert_close(a["flow"]["score"][k], b["flow"]["score"][k], rtol=0, atol=0)
+
+
+def test_resume_extends_a_finished_curriculum_as_if_trained_at_once(
+        data: Path, trained: Path, tmp_path: Path,
+        one_line_error: Callable[[object, list[str]], str]) -> None:
+    """A finished run (tiny: 1:6,2:4 at final factor 0.5) continued with a stage appended trains
+    the same weights as the longer curriculum from scratch; a curriculum that does not repeat
+    the old one (steps, or the factor its last stage ran at) is refused before any update."""
+    longer = "1:6,2:4:0.5,3:3"
+    argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu", "--stages", longer]
+    shutil.copytree(trained, tmp_path / "b")
+    for stages, expected in (("1:6,2:4,3:3", "2:4:0.5"), ("1:6,2:5:0.5,3:3", "stage 2"),
+                             ("1:6,2:4:0.5", "appends no stage")):
+        err = one_line_error(train.main, [*argv, "--stages", stages, "--out",
+                                          str(tmp_path / "b"), "--resume"])
+        assert expected in err and "checkpoint.pt" in err
+    assert torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)["step"] == 10
+    train.main([*argv, "--out", str(tmp_path / "b"), "--resume"])
+    train.main([*argv, "--out", str(tmp_path / "a")])
+    a = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 13 and b["config"]["stages"] == longer
+    assert b["curriculum_history"][0]["stages"] == "1:6,2:4" and not a["curriculum_history"]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    assert b["noise_spectra"] is not None  # finished again after the new stage
 
 
 def test_patience_ends_the_one_step_stage_and_resumes_exactly(data: Path, tmp_path: Path) -> None:

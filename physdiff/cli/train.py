@@ -9,6 +9,11 @@ Examples:
     python train.py --data DATA --out RUN --preset PRESET --resume
     python train.py --data DATA --out RUN --stages 1:20000      # the one-step loss only
 
+--resume continues an interrupted run with the same flags; it also takes a longer curriculum
+that repeats the checkpoint's stages (with the learning-rate factor each ran at) and appends new
+ones, e.g. a run of `--stages 1:3000,4:500` continued with `--stages 1:3000,4:500:0.5,8:500`
+(its last stage ran at --final-lr-factor 0.5). The checkpoint records the curricula it extended.
+
 The physics drift (--physics): 'true' runs the dataset's simulator; 'learned' trains a physics
 network P_φ jointly with the score, anchored by the forward one-step loss (where the system
 offers one); 'none' drops the physics so that the network alone learns the reverse step
@@ -38,7 +43,7 @@ import torch.distributed as dist
 
 from physdiff import plots
 from physdiff.cli.common import Progress, UsageError, note, run
-from physdiff.cli.train_config import TrainConfig, parse_stages
+from physdiff.cli.train_config import TrainConfig, extension_problem, parse_stages
 from physdiff.cli.train_config import parser as _parser
 from physdiff.cli.train_run import (
     Batches,
@@ -73,10 +78,19 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
     state = load_checkpoint(ckpt_path)
     cfg = run_.cfg
     old = {**asdict(TrainConfig(data=cfg.data)), **state["config"]}  # keys added later
-    if old != asdict(cfg):
-        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+    diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != v}
+    if set(diff) - {"stages"}:
         raise UsageError(f"{ckpt_path}: was trained with other settings {diff} "
                          "(old, new); use the same flags or another --out")
+    run_.history = list(state.get("curriculum_history") or [])
+    if diff:  # a longer curriculum: the new stages run after the old ones
+        problem = extension_problem(old["stages"], cfg.stages, cfg.final_lr_factor)
+        if problem is not None:
+            raise UsageError(f"{ckpt_path}: --stages {cfg.stages} does not continue the "
+                             f"checkpoint's curriculum {old['stages']}: {problem}")
+        run_.history.append({"stages": old["stages"], "step": state["step"],
+                             "version": state.get("version")})
+        note(f"{ckpt_path}: curriculum {old['stages']} continued as {cfg.stages}")
     run_.model.load_state_dict(state["model"])
     if run_.physics_net is not None:
         run_.physics_net.load_state_dict(state["physics"])
@@ -116,6 +130,7 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     config=asdict(run_.cfg), meta=asdict(run_.data.meta),
                     state_shape=list(run_.data.x.shape[2:]), version=code_version(),
                     world_size=run_.world.size, flow=run_.flow, plateau=run_.plateau.state(),
+                    curriculum_history=run_.history,
                     noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
                              else None), **done)

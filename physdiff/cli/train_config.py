@@ -12,7 +12,8 @@ from physdiff import systems
 from physdiff.checks import UsageError, non_negative, positive
 from physdiff.training import Stage
 
-__all__ = ["GENERIC_PRESETS", "TrainConfig", "make_config", "parse_stages", "parser", "presets"]
+__all__ = ["GENERIC_PRESETS", "TrainConfig", "extension_problem", "make_config", "parse_stages",
+           "parser", "presets"]
 
 # presets every system has; a system adds its own (System.presets)
 GENERIC_PRESETS: dict[str, dict[str, Any]] = {
@@ -73,6 +74,24 @@ def parse_stages(text: str, final_lr_factor: float) -> list[Stage]:
     last = len(stages) - 1
     return [Stage(r, n, f if f is not None else (final_lr_factor if i == last else 1.0))
             for i, (r, n, f) in enumerate(stages)]
+
+
+def extension_problem(old: str, new: str, final_lr_factor: float) -> str | None:
+    """Why curriculum `new` does not continue `old` (None if it does): it must repeat every
+    stage of `old`, learning-rate factor included, and append at least one. The last stage of
+    `old` ran at `final_lr_factor` unless it named its own, so in `new`, where it is no longer
+    last, it must name that factor: then `new` from scratch trains what `old` then the appended
+    stages did, and the checkpoint's recorded curriculum stays true."""
+    before, after = parse_stages(old, final_lr_factor), parse_stages(new, final_lr_factor)
+    if len(after) <= len(before):
+        return "it appends no stage"
+    for i, (a, b) in enumerate(zip(before, after, strict=False)):
+        if (a.rollout, a.steps) != (b.rollout, b.steps):
+            return f"its stage {i + 1} is {b.rollout}:{b.steps}, the checkpoint's {a.rollout}:{a.steps}"
+        if a.lr_factor != b.lr_factor:
+            return (f"stage {i + 1} ran at learning-rate factor {a.lr_factor:g}: write it as "
+                    f"{a.rollout}:{a.steps}:{a.lr_factor:g}")
+    return None
 
 
 def parser(description: str = "") -> argparse.ArgumentParser:

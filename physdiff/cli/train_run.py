@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -71,6 +71,9 @@ class Run:
     # ({"score", "physics", "step"}; `flow_snapshot_step`), saved with every checkpoint after
     flow: dict[str, Any] | None = None
     plateau: Plateau | None = None  # early ends of one-step stages (--patience)
+    # the curricula a resumed run extended ({"stages", "step", "version"}: --resume with
+    # stages appended), oldest first; saved with every checkpoint
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
