@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "datasets/smoke-64/valid.h5"))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rollouts", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--rollouts", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     args = p.parse_args()
     d = read(args.data, simulator="smoke", limit=args.batch)
     geometry, x = d.extras["geometry"], d.x[:, 50]
