@@ -4,7 +4,7 @@
 Times, on real smoke-64 states: the batched inverse step without and with gradients
 (simulators/smoke.py, factorised pressure solve), a forward + backward pass of the U-Net score,
 and whole training updates (train.py's own loss: a batch of windows, the rollout, backward) with
-the physics drift and without it (--physics none) at rollouts 1, 4, 8 and 16, side by side in
+the physics drift and without it (--physics none) at rollouts 1, 4, 8, 16 and 32, side by side in
 one run. Target: an update through the physics costs at most 1.5× a network-only update of the
 same rollout. Prints a table and writes JSON with targets.
 
