@@ -5,7 +5,8 @@ trained (run that first; this script trains nothing).
 
 For every test observation at T = 0.65, n reverse-SDE samples are drawn once and the states kept
 at every requested time index, so each horizon is scored on the same paths. The smoke-64 preset
-trains rollouts of at most 16 steps; benchmarks/smoke.py scores 30 steps back (t = 0.35).
+trains rollouts of up to 32 steps (16 before; each model's curriculum is in the JSON);
+benchmarks/smoke.py scores 30 steps back (t = 0.35).
 
 Prints a table (smoke channel, MSE per sample and of the sample mean by `System.evaluate`, their
 physdiff / network ratio) and writes smoke_horizon.json beside smoke.json.
@@ -13,6 +14,7 @@ physdiff / network ratio) and writes smoke_horizon.json beside smoke.json.
 Examples:
     python benchmarks/smoke_horizon.py                        # smoke-64
     python benchmarks/smoke_horizon.py --config low-noise     # smoke-64 with g = 0.02
+    python benchmarks/smoke_horizon.py --train-seed 1         # smoke.py --train-seed 1's models
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
 from physdiff.runtime import code_version, pick_device
+from physdiff.training import load_checkpoint
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
 
@@ -40,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=int, default=8, help="samples per observation (8)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
     p.add_argument("--device", default="auto")
     return p
 
@@ -62,7 +67,8 @@ def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, 
 def main() -> None:
     args = parser().parse_args()
     cfg = CONFIGS[args.config]
-    out, data = ROOT / cfg["out"], ROOT / cfg["data"]
+    out = ROOT / (cfg["out"] + (f"-seed{args.train_seed}" if args.train_seed else ""))
+    data = ROOT / cfg["data"]
     device = pick_device(args.device)
     test = read(data / "test.h5", simulator="smoke")
     n_steps = test.x.shape[1] - 1
@@ -87,8 +93,11 @@ def main() -> None:
                        ("network_of_mean", "network mean", "{:.5f}"),
                        ("ratio_of_mean", "ratio", "{:.3f}")], name_width=28)
     command = "python benchmarks/smoke_horizon.py" + (
-        "" if args.config == "full" else f" --config {args.config}")
-    result = {"command": command, "version": code_version(), "config": cfg,
+        "" if args.config == "full" else f" --config {args.config}") + (
+        f" --train-seed {args.train_seed}" if args.train_seed else "")
+    stages = {physics: load_checkpoint(out / physics / "checkpoint.pt")["config"]["stages"]
+              for physics in ("true", "none")}
+    result = {"command": command, "version": code_version(), "config": cfg, "stages": stages,
               "n_samples": args.n_samples, "seed": args.seed, "test_observations":
               int(test.x.shape[0]), "rows": rows}
     write_text_atomic(out / "smoke_horizon.json", json.dumps(result, indent=2) + "\n")
