@@ -1,8 +1,8 @@
 """train.py: train a score network s_θ(x, t) through the physics drift, with a rollout curriculum.
 
 The curriculum is a list of stages ROLLOUT:STEPS; rollout 1 is the one-step loss, longer rollouts
-are the multi-step loss integrated with torchdiffeq through the physics (docs/method.md §3). The last
-stage runs at --final-lr-factor × --lr (fine-tuning).
+are the multi-step loss integrated with torchdiffeq through the physics (docs/method.md §3). The
+last stage runs at --final-lr-factor × --lr (fine-tuning).
 
 Examples:
     python train.py --data runs/demo/data --out runs/demo --preset demo
@@ -285,7 +285,8 @@ def choose_flow_correction(run_: Run, model: Model, fitted: torch.Tensor, valid:
     """Whether the fitted flow correction lowers the model's PF-ODE MSE on validation
     trajectories other than the held-out check's (physdiff/flow_correction.py); prints it.
     Leaves `model.flow_correction` as it found it."""
-    first = run_.cfg.heldout_trajectories if valid.x.shape[0] > run_.cfg.heldout_trajectories else 0
+    held = run_.cfg.heldout_trajectories
+    first = held if valid.x.shape[0] > held else 0
     cases = slice(first, first + FLOW_CHOICE_CASES)
     x = valid.x[cases].to(run_.device)
     condition = None if valid_cond is None else valid_cond[cases].to(run_.device)

@@ -87,7 +87,8 @@ def extension_problem(old: str, new: str, final_lr_factor: float) -> str | None:
         return "it appends no stage"
     for i, (a, b) in enumerate(zip(before, after, strict=False)):
         if (a.rollout, a.steps) != (b.rollout, b.steps):
-            return f"its stage {i + 1} is {b.rollout}:{b.steps}, the checkpoint's {a.rollout}:{a.steps}"
+            return (f"its stage {i + 1} is {b.rollout}:{b.steps}, the checkpoint's "
+                    f"{a.rollout}:{a.steps}")
         if a.lr_factor != b.lr_factor:
             return (f"stage {i + 1} ran at learning-rate factor {a.lr_factor:g}: write it as "
                     f"{a.rollout}:{a.steps}:{a.lr_factor:g}")
