@@ -37,7 +37,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rollouts", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    # one thread, as benchmarks/smoke.py trains: the factorised pressure solve is single-threaded
+    # while the network uses every thread, so the ratio depends on the thread count (at 2:
+    # 1.25-1.83, at 1: the committed JSON)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1, as training)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     d = read(args.data, simulator="smoke", limit=args.batch)
     geometry, x = d.extras["geometry"], d.x[:, 50]
     mask = smoke.obstacle_mask(geometry, x.shape[-1])
