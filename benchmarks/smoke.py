@@ -89,6 +89,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def results_folder(cfg: dict[str, str], train_seed: int) -> Path:
+    """Where a configuration's models and results live; another training seed trains (and
+    scores) its own pair of models in a folder of its own."""
+    return ROOT / (cfg["out"] + (f"-seed{train_seed}" if train_seed else ""))
+
+
+def command(name: str, config: str, train_seed: int) -> str:
+    """The command line that reproduces a run of benchmarks/`name` (as its JSON records it)."""
+    return (f"python benchmarks/{name}" + ("" if config == "full" else f" --config {config}")
+            + (f" --train-seed {train_seed}" if train_seed else ""))
+
+
 def scale_steps(stages: str, factor: float) -> str:
     """A curriculum ROLLOUT:STEPS[:LR_FACTOR],... with every step count times `factor`; the
     learning-rate factors as written (so that a longer preset still continues the checkpoints
@@ -111,9 +123,7 @@ def main() -> None:
     args = parser().parse_args()
     config = "quick" if args.quick else args.config
     cfg = CONFIGS[config]
-    # another training seed trains (and scores) its own pair of models in a folder of its own
-    out = ROOT / (cfg["out"] + (f"-seed{args.train_seed}" if args.train_seed else ""))
-    data = ROOT / cfg["data"]
+    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
     device = pick_device(args.device)
     script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
     only = set(args.only.split(",")) if args.only else None
@@ -220,9 +230,7 @@ def main() -> None:
               f"{'met' if t['met'] else 'NOT met'}"
               + (f"; above the floor {t['ratio_above_floor']:.3g}" if "floor" in t else ""))
     result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
-              "command": "python benchmarks/smoke.py"
-                         + ("" if config == "full" else f" --config {config}")
-                         + (f" --train-seed {args.train_seed}" if args.train_seed else ""),
+              "command": command("smoke.py", config, args.train_seed),
               "network_stages": network_stages, "version": code_version(),
               "device": str(device), "torch_threads": torch.get_num_threads(),
               "tables": tables, "per_observation_mse": per_obs, "targets": targets}

@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 from common import ROOT, print_table
-from smoke import CONFIGS
+from smoke import CONFIGS, command, results_folder
 
 from physdiff.data import read
 from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
 from physdiff.runtime import code_version, pick_device
-from physdiff.training import load_checkpoint
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
 
@@ -51,31 +50,35 @@ def parser() -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, ...], n: int,
-                   seed: int, batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """The system's metrics (`System.evaluate`, as benchmarks/smoke.py scores t = 0.35) of the
-    same n samples per observation at each time index of `keep`."""
+                   seed: int, batch_size: int, device: torch.device
+                   ) -> tuple[str, list[dict[str, Any]]]:
+    """The model's curriculum, and the system's metrics (`System.evaluate`, as
+    benchmarks/smoke.py scores t = 0.35) of the same n samples per observation at each time
+    index of `keep`."""
     model = load_model(checkpoint, device)
     cond = model.system.condition(test.extras, test_path).to(device)
     gen = torch.Generator(device).manual_seed(seed)
     x_T = test.x[:, -1].to(device)
     samples = sample_posterior(model, x_T, n, gen, batch_size=batch_size, condition=cond,
                                keep=keep)  # (M, n, K, C, H, W)
-    return [model.system.evaluate(test.x[:, k].to(device), x_T, samples=samples[:, :, i],
-                                  condition=cond, index=k) for i, k in enumerate(keep)]
+    return model.config["stages"], [
+        model.system.evaluate(test.x[:, k].to(device), x_T, samples=samples[:, :, i],
+                              condition=cond, index=k) for i, k in enumerate(keep)]
 
 
 def main() -> None:
     args = parser().parse_args()
     cfg = CONFIGS[args.config]
-    out = ROOT / (cfg["out"] + (f"-seed{args.train_seed}" if args.train_seed else ""))
-    data = ROOT / cfg["data"]
+    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
     device = pick_device(args.device)
     test = read(data / "test.h5", simulator="smoke")
     n_steps = test.x.shape[1] - 1
-    errors = {physics: horizon_errors(str(out / physics / "checkpoint.pt"), test,
-                                      str(data / "test.h5"), KEEP, args.n_samples, args.seed,
-                                      args.batch_size, device)
-              for physics in ("true", "none")}
+    runs = {physics: horizon_errors(str(out / physics / "checkpoint.pt"), test,
+                                    str(data / "test.h5"), KEEP, args.n_samples, args.seed,
+                                    args.batch_size, device)
+            for physics in ("true", "none")}
+    stages = {physics: r[0] for physics, r in runs.items()}
+    errors = {physics: r[1] for physics, r in runs.items()}
     rows = {}
     for i, k in enumerate(KEEP):
         ours, theirs = errors["true"][i], errors["none"][i]
@@ -92,12 +95,8 @@ def main() -> None:
                        ("physdiff_of_mean", "physdiff mean", "{:.5f}"),
                        ("network_of_mean", "network mean", "{:.5f}"),
                        ("ratio_of_mean", "ratio", "{:.3f}")], name_width=28)
-    command = "python benchmarks/smoke_horizon.py" + (
-        "" if args.config == "full" else f" --config {args.config}") + (
-        f" --train-seed {args.train_seed}" if args.train_seed else "")
-    stages = {physics: load_checkpoint(out / physics / "checkpoint.pt")["config"]["stages"]
-              for physics in ("true", "none")}
-    result = {"command": command, "version": code_version(), "config": cfg, "stages": stages,
+    result = {"command": command("smoke_horizon.py", args.config, args.train_seed),
+              "version": code_version(), "config": cfg, "stages": stages,
               "n_samples": args.n_samples, "seed": args.seed, "test_observations":
               int(test.x.shape[0]), "rows": rows}
     write_text_atomic(out / "smoke_horizon.json", json.dumps(result, indent=2) + "\n")
