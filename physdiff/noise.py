@@ -93,21 +93,24 @@ def diagonal_noise(variances: Tensor) -> Noise:
     return noise
 
 
-def spectral_noise(spectra: Tensor) -> Noise:
-    """Reverse-step noise with per-step Fourier power `spectra` (K, *state).
+def spectral_noise(spectra: Tensor, dims: int = 2) -> Noise:
+    """Reverse-step noise with per-step Fourier power `spectra` (K, *state) over the last `dims`
+    dims of the state (2 for fields (C, H, W); 1 for (C, N), 3 for volumes).
 
     Step i of a reverse grid t_K -> t_0 goes from t_{K−i} to t_{K−i−1}, data step k = K − 1 − i:
-    noise = Re ifft2(√spectra_k · fft2(z) / √(HW)), z ~ N(0, I) real, so E|n̂|² = spectra_k.
+    noise = Re ifftn(√spectra_k · fftn(z) / √M), z ~ N(0, I) real, M the grid's number of
+    points, so E|n̂|² = spectra_k.
 
-    Computed as irfft2(a_k · rfft2(z)) with a_k = √spectra_k / √(HW) symmetrised,
-    a(k) ← (a(k) + a(−k)) / 2 (the real part of ifft2 keeps only that part), on the half plane
+    Computed as irfftn(a_k · rfftn(z)) with a_k = √spectra_k / √M symmetrised,
+    a(k) ← (a(k) + a(−k)) / 2 (the real part of ifftn keeps only that part), on the half space
     and in x's dtype, prepared once per device and dtype: the same noise up to float rounding,
     without full complex (and, for float64 spectra, double-precision) FFTs each step.
     """
-    h, w = spectra.shape[-2:]
-    amplitude = spectra.sqrt() / math.sqrt(h * w)
-    mirrored = torch.roll(amplitude.flip(-2, -1), (1, 1), dims=(-2, -1))  # a(−k)
-    half = ((amplitude + mirrored) / 2)[..., : w // 2 + 1]
+    axes = tuple(range(-dims, 0))
+    grid = tuple(spectra.shape[-dims:])
+    amplitude = spectra.sqrt() / math.sqrt(math.prod(grid))
+    mirrored = torch.roll(amplitude.flip(axes), (1,) * dims, dims=axes)  # a(−k)
+    half = ((amplitude + mirrored) / 2)[..., : grid[-1] // 2 + 1]
     n_steps = spectra.shape[0]
     prepared: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -116,6 +119,7 @@ def spectral_noise(spectra: Tensor) -> Noise:
         key = (x.device, x.dtype)
         if key not in prepared:
             prepared[key] = half.to(device=x.device, dtype=x.dtype)
-        return torch.fft.irfft2(prepared[key][n_steps - 1 - i] * torch.fft.rfft2(z), s=(h, w))
+        return torch.fft.irfftn(prepared[key][n_steps - 1 - i] * torch.fft.rfftn(z, dim=axes),
+                                s=grid, dim=axes)
 
     return noise

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -442,3 +443,25 @@ def test_langevin_corrector_keeps_standard_normal_in_low_dimension() -> None:
     x = _run_corrector((8000, 4), n_iter=400, snr=0.1, seed=8)
     assert abs(x.mean().item()) < 0.02
     assert abs(x.var().item() - 1) < 0.05, x.var().item()
+
+
+@pytest.mark.parametrize("grid", [(16,), (6, 10), (4, 6, 8)])
+def test_spectral_noise_has_the_calibrated_power_on_grids_of_any_dimension(
+        grid: tuple[int, ...]) -> None:
+    """E|n̂_k|² = spectra_k (unnormalised FFT) for each reverse step's data step, on 1D, 2D and
+    3D grids (odd and even sizes), with spectra even in k as residual powers are. 20000 draws:
+    the relative standard error of a mode's mean power is ≤ 1 %, so 6 % is > 5 SE."""
+    dims = len(grid)
+    axes = tuple(range(-dims, 0))
+    k = torch.zeros(grid, dtype=torch.float64)
+    for axis, n in enumerate(grid):
+        shape = [1] * dims
+        shape[axis] = n
+        k = k + torch.fft.fftfreq(n, 1 / n, dtype=torch.float64).abs().reshape(shape)
+    spectra = torch.stack([1 + k, 16 / (1 + k)])[:, None]  # (K = 2, 1, *grid)
+    noise = spectral_noise(spectra, dims=dims)
+    x = torch.zeros(20000, 1, *grid, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for i, k_data in ((0, 1), (1, 0)):  # reverse step i uses data step K − 1 − i
+        power = torch.fft.fftn(noise(x, i, gen), dim=axes).abs().square().mean(0)
+        torch.testing.assert_close(power, spectra[k_data], rtol=0.06, atol=0)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physdiff.nets.circular import CircularConv2d
+
 __all__ = ["FiLMBlock", "TimeEmbedding"]
 
 
@@ -18,7 +20,8 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         self.t_max = t_max
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(n_freq) / 4, persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * n_freq + 1, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freq + 1, width), nn.SiLU(),
+                                 nn.Linear(width, width))
 
     def forward(self, t: Tensor) -> Tensor:
         tau = (t / self.t_max)[:, None]
@@ -35,8 +38,12 @@ class FiLMBlock(nn.Module):
 
     def __init__(self, width: int, emb: int, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode)
+        def conv() -> nn.Conv2d:
+            if padding_mode == "circular":  # same layer, leaner backward (nets/circular.py)
+                return CircularConv2d(width, width, 3, padding=1)
+            return nn.Conv2d(width, width, 3, padding=1, padding_mode=padding_mode)
+
+        self.conv1, self.conv2 = conv(), conv()
         self.film = nn.Linear(emb, 2 * width)
 
     def forward(self, h: Tensor, e: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from physdiff.nets.blocks import FiLMBlock, TimeEmbedding
+from physdiff.nets.circular import CircularConv2d
 from physdiff.sde import expand_like
 
 __all__ = ["PeriodicScoreNet"]
@@ -44,9 +45,9 @@ class PeriodicScoreNet(nn.Module):
         self.register_buffer("out_scale", torch.tensor(float(out_scale)))
         self.embed = TimeEmbedding(emb, t_max)
         self.t_max = t_max
-        self.inp = nn.Conv2d(channels + 1, width, 3, padding=1, padding_mode="circular")
+        self.inp = CircularConv2d(channels + 1, width, 3, padding=1)
         self.blocks = nn.ModuleList(FiLMBlock(width, emb, "circular") for _ in range(depth))
-        self.out = nn.Conv2d(width, channels, 3, padding=1, padding_mode="circular")
+        self.out = CircularConv2d(width, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.spectral = None

@@ -16,7 +16,7 @@ import torch
 from physdiff import metrics, plots
 from physdiff.cli.common import UsageError, positive
 from physdiff.data import Metadata, up_to_date, write
-from physdiff.noise import residual_power
+from physdiff.noise import residual_power, spectral_noise
 from physdiff.samplers import Noise
 from physdiff.sde import Drift, as_drift
 from physdiff.systems import InferenceResult, System
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from physdiff_burgers import simulator
 from physdiff_burgers.network import PeriodicScoreNet1d
 
-__all__ = ["BurgersSystem", "reflect", "spectral_noise_1d"]
+__all__ = ["BurgersSystem", "reflect"]
 
 
 def reflect(u: Tensor) -> Tensor:
@@ -37,23 +37,6 @@ def reflect(u: Tensor) -> Tensor:
     The additive white noise and the prior (sample_prior) are invariant in law as well.
     """
     return -torch.roll(u.flip(-1), 1, dims=-1)
-
-
-def spectral_noise_1d(spectra: Tensor) -> Noise:
-    """Reverse-step noise with per-step Fourier power `spectra` (K, *state) over the last dim (the
-    1D version of physdiff.noise.spectral_noise). Step i of a reverse grid t_K -> t_0 uses data
-    step k = K − 1 − i: noise = Re ifft(√spectra_k · fft(z) / √N), z ~ N(0, I), so that
-    E|n̂|² = spectra_k in unnormalised-FFT units."""
-    amplitude = spectra.sqrt()
-    n_steps = spectra.shape[0]
-
-    def noise(x: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        amp = amplitude[n_steps - 1 - i].to(device=x.device)
-        n_hat = amp * torch.fft.fft(z) / math.sqrt(x.shape[-1])
-        return torch.fft.ifft(n_hat).real.to(x.dtype)
-
-    return noise
 
 
 @dataclass(frozen=True)
@@ -121,7 +104,7 @@ class BurgersSystem(System):
 
     def noise(self, calibration: Tensor | None, condition: Tensor | None = None) -> Noise | None:
         """Calibrated spectral noise, or None for the textbook g √dt z."""
-        return spectral_noise_1d(calibration) if calibration is not None else None
+        return spectral_noise(calibration, dims=1) if calibration is not None else None
 
     # ----------------------------------------------------------------- metrics
     def evaluate(self, truth: Tensor, x_T: Tensor, *, samples: Tensor | None = None,
