@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from physdiff.nets import PeriodicScoreNet
-from physdiff.nets.circular import CircularConv2d, circular_pad2d
+from physdiff.nets.circular import CircularConv1d, CircularConv2d, circular_pad1d, circular_pad2d
 
 
 def _random_net(spectral: bool = True) -> PeriodicScoreNet:
@@ -74,16 +74,26 @@ def test_circular_pad_is_torch_padding_and_its_backward_is_the_exact_adjoint() -
             lambda v, a=ph, b=pw: circular_pad2d(v, a, b).square(), (x,))
     with pytest.raises(ValueError, match="exceeds the grid"):
         circular_pad2d(x, 6, 1)
+    line = x[:, :, 0].detach().clone().requires_grad_(True)  # (B, C, N): the 1D padding
+    for p in (1, 2, 6):
+        assert torch.equal(circular_pad1d(line, p), F.pad(line, (p, p), mode="circular"))
+        assert torch.autograd.gradgradcheck(
+            lambda v, a=p: circular_pad1d(v, a).square(), (line,))
 
 
-def test_circular_conv_equals_torch_circular_conv() -> None:
-    """CircularConv2d is a drop-in for nn.Conv2d(padding_mode='circular'): the same state_dict,
-    bit-identical outputs, and input and weight gradients equal to float rounding."""
+@pytest.mark.parametrize(("ours_type", "theirs_type", "shape", "kernel"),
+                         [(CircularConv2d, nn.Conv2d, (8, 3, 16, 12), 3),
+                          (CircularConv1d, nn.Conv1d, (8, 3, 20), 5)])
+def test_circular_conv_equals_torch_circular_conv(ours_type: type, theirs_type: type,
+                                                  shape: tuple[int, ...], kernel: int) -> None:
+    """CircularConv2d and CircularConv1d are drop-ins for nn.Conv2d / nn.Conv1d with
+    padding_mode='circular': the same state_dict, bit-identical outputs, and input and weight
+    gradients equal to float rounding."""
     torch.manual_seed(0)
-    ours = CircularConv2d(3, 4, 3, padding=1)
-    theirs = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+    ours = ours_type(3, 4, kernel, padding=kernel // 2)
+    theirs = theirs_type(3, 4, kernel, padding=kernel // 2, padding_mode="circular")
     theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(8, 3, 16, 12, requires_grad=True)
+    x = torch.randn(*shape, requires_grad=True)
     a, b = ours(x), theirs(x)
     assert torch.equal(a, b)
     ga = torch.autograd.grad(a.square().sum(), [x, ours.weight])

@@ -1,4 +1,5 @@
-"""Periodic (circular) padding with a lean backward pass, and the 2D convolution that uses it.
+"""Periodic (circular) padding with a lean backward pass, and the 1D and 2D convolutions that
+use it.
 
 `F.pad(x, mode="circular")` is cheap forward, but its backward goes through one slice-backward
 per wrapped strip, each of which fills a zero tensor of the padded size and copies into it:
@@ -8,8 +9,9 @@ incoming gradient plus its wrapped strips added onto the opposite edges, which c
 the interior and a few small additions (`_fold`).
 
 The backward is written in differentiable torch operations, so second derivatives (create_graph)
-work too. `CircularConv2d` is a drop-in for `nn.Conv2d(..., padding_mode="circular")`: same
-constructor, same parameters and state_dict keys, bit-identical outputs.
+work too. `CircularConv2d` is a drop-in for `nn.Conv2d(..., padding_mode="circular")`, and
+`CircularConv1d` for `nn.Conv1d(...)` likewise (its padding is the 2D one on a grid of one row):
+same constructor, same parameters and state_dict keys, bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CircularConv2d", "circular_pad2d"]
+__all__ = ["CircularConv1d", "CircularConv2d", "circular_pad1d", "circular_pad2d"]
 
 
 def _fold(grad: Tensor, ph: int, pw: int) -> Tensor:
@@ -63,6 +65,12 @@ def circular_pad2d(x: Tensor, ph: int, pw: int) -> Tensor:
     return _CircularPad2d.apply(x, ph, pw)
 
 
+def circular_pad1d(x: Tensor, p: int) -> Tensor:
+    """Periodic padding of the last dim of x (B, C, N) by p on each side; the same values as
+    F.pad(x, (p, p), mode='circular')."""
+    return circular_pad2d(x.unsqueeze(-2), 0, p).squeeze(-2)
+
+
 class CircularConv2d(nn.Conv2d):
     """nn.Conv2d with periodic padding (padding_mode 'circular' is implied), whose backward
     folds the gradient instead of filling padded-size zero tensors (`circular_pad2d`)."""
@@ -75,4 +83,19 @@ class CircularConv2d(nn.Conv2d):
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ph, pw = self.padding  # type: ignore[misc]
         return F.conv2d(circular_pad2d(x, ph, pw), weight, bias, self.stride, 0, self.dilation,
+                        self.groups)
+
+
+class CircularConv1d(nn.Conv1d):
+    """nn.Conv1d with periodic padding (padding_mode 'circular' is implied), whose backward
+    folds the gradient instead of filling padded-size zero tensors (`circular_pad1d`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding,
+                         padding_mode="circular", **kwargs)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        (p,) = self.padding  # type: ignore[misc]
+        return F.conv1d(circular_pad1d(x, p), weight, bias, self.stride, 0, self.dilation,
                         self.groups)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from physdiff.nets import TimeEmbedding
+from physdiff.nets import CircularConv1d, TimeEmbedding
 from physdiff.sde import expand_like
 from torch import Tensor, nn
 
@@ -14,13 +14,14 @@ __all__ = ["FiLMBlock1d", "PeriodicScoreNet1d"]
 
 class FiLMBlock1d(nn.Module):
     """Residual block h + conv2(silu(conv1(silu(h)) · (1 + a) + b)), (a, b) = FiLM(e), with
-    circular padding. Shapes: h (B, W, N), e (B, emb) -> (B, W, N)."""
+    circular padding (physdiff's CircularConv1d: nn.Conv1d's values, a leaner backward).
+    Shapes: h (B, W, N), e (B, emb) -> (B, W, N)."""
 
     def __init__(self, width: int, emb: int, kernel: int = 5) -> None:
         super().__init__()
         pad = kernel // 2
-        self.conv1 = nn.Conv1d(width, width, kernel, padding=pad, padding_mode="circular")
-        self.conv2 = nn.Conv1d(width, width, kernel, padding=pad, padding_mode="circular")
+        self.conv1 = CircularConv1d(width, width, kernel, padding=pad)
+        self.conv2 = CircularConv1d(width, width, kernel, padding=pad)
         self.film = nn.Linear(emb, 2 * width)
 
     def forward(self, h: Tensor, e: Tensor) -> Tensor:
@@ -53,9 +54,9 @@ class PeriodicScoreNet1d(nn.Module):
         self.register_buffer("out_scale", torch.tensor(float(out_scale)))
         pad = kernel // 2
         self.embed = TimeEmbedding(emb, t_max)
-        self.inp = nn.Conv1d(channels + 1, width, kernel, padding=pad, padding_mode="circular")
+        self.inp = CircularConv1d(channels + 1, width, kernel, padding=pad)
         self.blocks = nn.ModuleList(FiLMBlock1d(width, emb, kernel) for _ in range(depth))
-        self.out = nn.Conv1d(width, channels, kernel, padding=pad, padding_mode="circular")
+        self.out = CircularConv1d(width, channels, kernel, padding=pad)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.spectral = None
