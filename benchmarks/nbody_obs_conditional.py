@@ -189,6 +189,7 @@ def main() -> None:
         "x0_velocity_prior_variance": float(x_0[..., 2:].var(0).mean()),
         "scores": {k: scores[k] for k in ("mse_pos_per_sample", "coverage50", "coverage90",
                                           "sbc_p", "sbc_p_per_coord_bonferroni")},
+        "targets": [],  # a diagnostic: issue 11's targets are scored in nbody_obs.json
     }
     print(json.dumps(result, indent=2))
     name = f"nbody_obs_conditional-k{args.components}" + ("-sim" if args.simulate else "")
