@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,34 +127,11 @@ def main() -> None:
     out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
     device = pick_device(args.device)
     script("generate.py", "--recipe", cfg["recipe"], "--out", str(data))
-    only = set(args.only.split(",")) if args.only else None
     network_stages = scale_steps(SmokeSystem.presets[cfg["preset"]]["stages"],
                                  args.network_factor)
-    flags = {"true": [], "none": ["--stages", network_stages]}
-
-    def fit(physics: str) -> float:
-        return train_model(data, out / physics, ["--preset", cfg["preset"], "--physics", physics,
-                                                 "--seed", str(args.train_seed),
-                                                 *flags[physics]], args.device, threads=1) / 60
-
-    with ThreadPoolExecutor(2) as pool:  # two processes of one thread each; threads only wait
-        minutes = dict(zip(flags, pool.map(fit, flags), strict=True))
-    models: dict[str, Any] = {}
-
-    def trained(physics: str) -> Any:
-        """The trained model and its training minutes."""
-        if physics not in models:
-            models[physics] = (load_model(out / physics / "checkpoint.pt", device),
-                               minutes[physics])
-        return models[physics]
-
-    test = read(data / "test.h5", simulator="smoke", limit=args.limit)
-    system = for_data(test.meta, tuple(test.x.shape[2:]))
-    mid = mid_index(system.meta)
-    mid_t = mid * system.meta.dt
-    cond = system.condition(test.extras, str(data / "test.h5")).to(device)
-    x_T, truth = test.x[:, -1].to(device), test.x[:, mid].to(device)
-    m, n, k = x_T.shape[0], args.n_samples, min(args.lbfgs_limit, test.x.shape[0])
+    minutes = train_pair(args, cfg["preset"], data, out, network_stages)
+    case = Case.load(data, args, device)
+    only = set(args.only.split(",")) if args.only else None
 
     def run(name: str, fn: Any) -> dict[str, Any] | None:
         path = out / f"rows-{name}.json"
@@ -161,81 +139,156 @@ def main() -> None:
             return json.loads(path.read_text()) if path.exists() else None
         return cached(path, args.fresh or only is not None, fn)
 
-    def sde(physics: str, seed: int) -> dict[str, Any]:
-        which, minutes = trained(physics)
-        gen = torch.Generator(device).manual_seed(seed)
+    models: dict[str, Any] = {}
+
+    def trained(physics: str) -> tuple[Any, float]:
+        """The trained model (loaded once) and its training minutes."""
+        if physics not in models:
+            models[physics] = load_model(out / physics / "checkpoint.pt", device)
+        return models[physics], minutes[physics]
+
+    results = {
+        "physdiff SDE": run("sde", lambda: case.sde(*trained("true"), seed=3)),
+        "physdiff PF-ODE": run("ode", lambda: case.point(*trained("true"), "ode")),
+        "naive inverse (-dt simulator)": run("naive",
+                                             lambda: case.point(trained("true")[0], None,
+                                                                "naive")),
+        "network only (SDE)": run("network", lambda: case.sde(*trained("none"), seed=4)),
+        "L-BFGS": run("lbfgs", case.lbfgs),
+        FLOOR: run("floor", case.floor),
+    }
+    results = {name: r for name, r in results.items() if r is not None}
+    result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
+              "command": command("smoke.py", config, args.train_seed),
+              "network_stages": network_stages, "version": code_version(),
+              "device": str(device), "torch_threads": torch.get_num_threads(),
+              **report(results, case)}
+    write_text_atomic(out / "smoke.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke.json'}")
+
+
+def train_pair(args: argparse.Namespace, preset: str, data: Path, out: Path,
+               network_stages: str) -> dict[str, float]:
+    """Train (or resume, or find complete) both models side by side, two processes of one
+    thread each; return each one's training minutes ('true': physdiff, 'none': network only)."""
+    flags = {"true": [], "none": ["--stages", network_stages]}
+
+    def fit(physics: str) -> float:
+        return train_model(data, out / physics, ["--preset", preset, "--physics", physics,
+                                                 "--seed", str(args.train_seed),
+                                                 *flags[physics]], args.device, threads=1) / 60
+
+    with ThreadPoolExecutor(2) as pool:  # the threads only wait on the two processes
+        return dict(zip(flags, pool.map(fit, flags), strict=True))
+
+
+@dataclass
+class Case:
+    """The test split and how every method is scored on it: all m observations, and the first k
+    (the L-BFGS subset)."""
+
+    system: Any
+    cond: torch.Tensor
+    x_T: torch.Tensor
+    truth: torch.Tensor
+    mid: int
+    k: int
+    n: int
+    batch_size: int
+
+    @classmethod
+    def load(cls, data: Path, args: argparse.Namespace, device: torch.device) -> Case:
+        test = read(data / "test.h5", simulator="smoke", limit=args.limit)
+        system = for_data(test.meta, tuple(test.x.shape[2:]))
+        mid = mid_index(system.meta)
+        return cls(system, system.condition(test.extras, str(data / "test.h5")).to(device),
+                   test.x[:, -1].to(device), test.x[:, mid].to(device), mid,
+                   min(args.lbfgs_limit, test.x.shape[0]), args.n_samples, args.batch_size)
+
+    @property
+    def m(self) -> int:
+        return self.x_T.shape[0]
+
+    @property
+    def mid_t(self) -> float:
+        return self.mid * self.system.meta.dt
+
+    def scored(self, samples: torch.Tensor | None = None, point: torch.Tensor | None = None
+               ) -> dict[str, Any]:
+        """Rows on all observations and on the subset, and the MSE per observation."""
+        def rows(j: int) -> dict[str, Any]:
+            return self.system.evaluate(
+                self.truth[:j], self.x_T[:j], samples=None if samples is None else samples[:j],
+                point=None if point is None else point[:j], condition=self.cond[:j],
+                index=self.mid)
+        return {"all": rows(self.m), "subset": rows(self.k),
+                "per_observation": per_observation(samples if point is None else point[:, None],
+                                                   self.truth)}
+
+    def sde(self, model: Any, minutes: float, seed: int) -> dict[str, Any]:
+        gen = torch.Generator(self.x_T.device).manual_seed(seed)
         samples, sec = timed(lambda: sample_posterior(
-            which, x_T, n, gen, batch_size=args.batch_size, condition=cond, keep=(mid,),
-            stop=mid)[:, :, 0])
-        rows = {"all": system.evaluate(truth, x_T, samples=samples, condition=cond, index=mid),
-                "subset": system.evaluate(truth[:k], x_T[:k], samples=samples[:k],
-                                          condition=cond[:k], index=mid),
-                "per_observation": per_observation(samples, truth)}
+            model, self.x_T, self.n, gen, batch_size=self.batch_size, condition=self.cond,
+            keep=(self.mid,), stop=self.mid)[:, :, 0])
+        rows = self.scored(samples=samples)
         for r in (rows["all"], rows["subset"]):
-            r["seconds"], r["train_minutes"] = sec / (m * n), minutes
+            r["seconds"], r["train_minutes"] = sec / (self.m * self.n), minutes
         return rows
 
-    def point(kind: str) -> dict[str, Any]:
-        model, minutes = trained("true")
-        x, sec = timed(lambda: reconstruct(model, x_T, kind, batch_size=args.batch_size,
-                                           condition=cond, keep=(mid,), stop=mid)[:, 0])
-        rows = {"all": system.evaluate(truth, x_T, point=x, condition=cond, index=mid),
-                "subset": system.evaluate(truth[:k], x_T[:k], point=x[:k], condition=cond[:k],
-                                          index=mid),
-                "per_observation": per_observation(x[:, None], truth)}
+    def point(self, model: Any, minutes: float | None, kind: str) -> dict[str, Any]:
+        """A point reconstruction (`reconstruct`'s kind); `minutes` None for one that uses no
+        trained weights."""
+        x, sec = timed(lambda: reconstruct(model, self.x_T, kind, batch_size=self.batch_size,
+                                           condition=self.cond, keep=(self.mid,),
+                                           stop=self.mid)[:, 0])
+        rows = self.scored(point=x)
         for r in (rows["all"], rows["subset"]):
-            r["seconds"] = sec / m
-            if kind == "ode":
+            r["seconds"] = sec / self.m
+            if minutes is not None:
                 r["train_minutes"] = minutes
         return rows
 
-    def lbfgs() -> dict[str, Any]:
-        x, sec = timed(lambda: system.lbfgs_reconstruct(x_T[:k], cond[:k], mid_t))
-        row = system.evaluate(truth[:k], x_T[:k], point=x, condition=cond[:k], index=mid)
+    def lbfgs(self) -> dict[str, Any]:
+        k = self.k
+        x, sec = timed(lambda: self.system.lbfgs_reconstruct(self.x_T[:k], self.cond[:k],
+                                                             self.mid_t))
+        row = self.system.evaluate(self.truth[:k], self.x_T[:k], point=x, condition=self.cond[:k],
+                                   index=self.mid)
         row["seconds"] = sec / k
-        return {"subset": row, "per_observation": per_observation(x[:, None], truth[:k])}
+        return {"subset": row, "per_observation": per_observation(x[:, None], self.truth[:k])}
 
-    def floor() -> dict[str, Any]:
-        """The true t = 0.35 state re-simulated: what the data's own noise leaves of re-sim MSE
-        (a reconstruction cannot be expected below it)."""
-        return {part: {"resim_mse": system.evaluate(truth[:j], x_T[:j], point=truth[:j],
-                                                    condition=cond[:j], index=mid)["resim_mse"]}
-                for part, j in (("all", m), ("subset", k))}
+    def floor(self) -> dict[str, Any]:
+        """The true t = 0.35 state re-simulated: the re-sim MSE the data's own noise leaves, which
+        an exact posterior sample also scores on average (docs/method.md §7)."""
+        return {part: {"resim_mse": self.system.evaluate(
+                    self.truth[:j], self.x_T[:j], point=self.truth[:j], condition=self.cond[:j],
+                    index=self.mid)["resim_mse"]}
+                for part, j in (("all", self.m), ("subset", self.k))}
 
-    results = {
-        "physdiff SDE": run("sde", lambda: sde("true", 3)),
-        "physdiff PF-ODE": run("ode", lambda: point("ode")),
-        "naive inverse (-dt simulator)": run("naive", lambda: point("naive")),
-        "network only (SDE)": run("network", lambda: sde("none", 4)),
-        "L-BFGS": run("lbfgs", lbfgs),
-        FLOOR: run("floor", floor),
-    }
-    results = {name: r for name, r in results.items() if r is not None}
+
+def report(results: dict[str, dict[str, Any]], case: Case) -> dict[str, Any]:
+    """Print the tables and the targets; return them with the MSE per observation for the
+    JSON."""
     per_obs = {name: r.pop("per_observation") for name, r in results.items()
                if "per_observation" in r}
-    tables = {f"all {m} test observations": {name: r["all"] for name, r in results.items()
-                                             if "all" in r},
-              f"first {k} (the L-BFGS subset)": {name: r["subset"]
-                                                 for name, r in results.items()}}
+    tables = {f"all {case.m} test observations": {name: r["all"] for name, r in results.items()
+                                                  if "all" in r},
+              f"first {case.k} (the L-BFGS subset)": {name: r["subset"]
+                                                      for name, r in results.items()}}
     for title, rows in tables.items():
         print(f"\n{title}")
         print_table(rows, COLUMNS, 32, 12)
-    print(f"\nsmoke channel; t = {mid_t:.2f} reconstructed from T = {system.meta.t_final:.2f}; "
-          f"SDE {n} samples per observation; s/recon: wall time per reconstruction (per sample"
-          " for SDE); re-sim MSE: forward to T with the true obstacles, against the observation;"
-          " train min: wall time of each model's training run.")
-    targets = smoke_targets(tables, per_obs, k)
+    print(f"\nsmoke channel; t = {case.mid_t:.2f} reconstructed from T = "
+          f"{case.system.meta.t_final:.2f}; SDE {case.n} samples per observation; s/recon: wall "
+          "time per reconstruction (per sample for SDE); re-sim MSE: forward to T with the true "
+          "obstacles, against the observation; train min: wall time of each model's training "
+          "run.")
+    targets = smoke_targets(tables, per_obs, case.k)
     for t in targets:
         print(f"  {t['name']}: {t['value']:.4g} (target {t['target']}): "
               f"{'met' if t['met'] else 'NOT met'}"
               + (f"; above the floor {t['ratio_above_floor']:.3g}" if "floor" in t else ""))
-    result = {"config": cfg, "flags": {k_: str(v) for k_, v in vars(args).items()},
-              "command": command("smoke.py", config, args.train_seed),
-              "network_stages": network_stages, "version": code_version(),
-              "device": str(device), "torch_threads": torch.get_num_threads(),
-              "tables": tables, "per_observation_mse": per_obs, "targets": targets}
-    write_text_atomic(out / "smoke.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'smoke.json'}")
+    return {"tables": tables, "per_observation_mse": per_obs, "targets": targets}
 
 
 def per_observation(samples: torch.Tensor, truth: torch.Tensor) -> list[float]:

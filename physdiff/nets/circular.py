@@ -16,6 +16,7 @@ same constructor, same parameters and state_dict keys, bit-identical outputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -71,31 +72,36 @@ def circular_pad1d(x: Tensor, p: int) -> Tensor:
     return circular_pad2d(x.unsqueeze(-2), 0, p).squeeze(-2)
 
 
-class CircularConv2d(nn.Conv2d):
+class _CircularConv:
+    """What the periodic convolutions share: padding_mode 'circular' implied (so nn.ConvNd's
+    own checks, repr and state stay), and the padding done by `_pad` before a padding-free
+    `_conv`."""
+
+    _pad: Callable[..., Tensor]
+    _conv: Callable[..., Tensor]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, kernel_size,  # type: ignore[call-arg]
+                         padding=padding, padding_mode="circular", **kwargs)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        c: Any = self  # an nn.ConvNd
+        return self._conv(self._pad(x, *c.padding), weight, bias, c.stride, 0, c.dilation,
+                          c.groups)
+
+
+class CircularConv2d(_CircularConv, nn.Conv2d):
     """nn.Conv2d with periodic padding (padding_mode 'circular' is implied), whose backward
     folds the gradient instead of filling padded-size zero tensors (`circular_pad2d`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 **kwargs: Any) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding,
-                         padding_mode="circular", **kwargs)
-
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ph, pw = self.padding  # type: ignore[misc]
-        return F.conv2d(circular_pad2d(x, ph, pw), weight, bias, self.stride, 0, self.dilation,
-                        self.groups)
+    _pad = staticmethod(circular_pad2d)
+    _conv = staticmethod(F.conv2d)
 
 
-class CircularConv1d(nn.Conv1d):
+class CircularConv1d(_CircularConv, nn.Conv1d):
     """nn.Conv1d with periodic padding (padding_mode 'circular' is implied), whose backward
     folds the gradient instead of filling padded-size zero tensors (`circular_pad1d`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 **kwargs: Any) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding,
-                         padding_mode="circular", **kwargs)
-
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        (p,) = self.padding  # type: ignore[misc]
-        return F.conv1d(circular_pad1d(x, p), weight, bias, self.stride, 0, self.dilation,
-                        self.groups)
+    _pad = staticmethod(circular_pad1d)
+    _conv = staticmethod(F.conv1d)
