@@ -98,7 +98,8 @@ def main() -> None:
     result = {"command": command("smoke_horizon.py", args.config, args.train_seed),
               "version": code_version(), "config": cfg, "stages": stages,
               "n_samples": args.n_samples, "seed": args.seed, "test_observations":
-              int(test.x.shape[0]), "rows": rows}
+              int(test.x.shape[0]), "rows": rows,
+              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
     write_text_atomic(out / "smoke_horizon.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'smoke_horizon.json'}")
 
