@@ -30,6 +30,7 @@ Examples:
     python benchmarks/smoke.py --quick    # 32² demo recipe, short training: minutes
     python benchmarks/smoke.py --config low-noise   # smoke-64 with a fifth of the noise (g = 0.02)
     python benchmarks/smoke.py --train-seed 1       # a second pair of models, another seed
+    python benchmarks/smoke.py --config low-lr --train-seed 3   # lr 1e-4 in the long stages
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ CONFIGS = {
     # noise hide what the physics adds?)
     "low-noise": {"recipe": "datasets/smoke-64-g0.02.json", "data": "datasets/smoke-64-g0.02",
                   "preset": "smoke-64", "out": "benchmarks/results/smoke-64-g0.02"},
+    # smoke-64 with lr 1e-4 instead of 5e-4 in the 16- and 32-step stages (issue 10, item 4)
+    "low-lr": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
+               "preset": "smoke-64-lr1e-4", "out": "benchmarks/results/smoke-64-lr1e-4"},
     "quick": {"recipe": "datasets/smoke-demo.json", "data": "runs/bench-smoke-quick/data",
               "preset": "smoke-demo", "out": "benchmarks/results/smoke-quick"},
 }
@@ -85,8 +89,9 @@ def parser() -> argparse.ArgumentParser:
                         "its name with -seedN)")
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
     p.add_argument("--config", choices=sorted(CONFIGS), default="full",
-                   help="full: smoke-64 (default); low-noise: smoke-64 with g = 0.02; quick: "
-                        "the same as --quick")
+                   help="full: smoke-64 (default); low-noise: smoke-64 with g = 0.02; low-lr: "
+                        "smoke-64 with lr 1e-4 in the 16- and 32-step stages; quick: the same "
+                        "as --quick")
     return p
 
 
