@@ -64,6 +64,10 @@ CONFIGS = {
     # smoke-64 with lr 1e-4 instead of 5e-4 in the 16- and 32-step stages (issue 10, item 4)
     "low-lr": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
                "preset": "smoke-64-lr1e-4", "out": "benchmarks/results/smoke-64-lr1e-4"},
+    # and with the 32-step stage three times as long (the low-lr models continued)
+    "low-lr-long": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
+                    "preset": "smoke-64-lr1e-4-long",
+                    "out": "benchmarks/results/smoke-64-lr1e-4-long"},
     "quick": {"recipe": "datasets/smoke-demo.json", "data": "runs/bench-smoke-quick/data",
               "preset": "smoke-demo", "out": "benchmarks/results/smoke-quick"},
 }
@@ -90,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")
     p.add_argument("--config", choices=sorted(CONFIGS), default="full",
                    help="full: smoke-64 (default); low-noise: smoke-64 with g = 0.02; low-lr: "
-                        "smoke-64 with lr 1e-4 in the 16- and 32-step stages; quick: the same "
-                        "as --quick")
+                        "smoke-64 with lr 1e-4 in the 16- and 32-step stages; low-lr-long: the "
+                        "same with 450 updates at 32 steps; quick: the same as --quick")
     return p
 
 
