@@ -22,8 +22,8 @@ from physdiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py, datasets/
 
-__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "script", "train_model",
-           "with_end_state"]
+__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "print_targets", "script",
+           "targets_of", "train_model", "with_end_state"]
 
 
 def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
@@ -100,6 +100,20 @@ def print_table(rows: dict[str, dict[str, Any]], columns: list[tuple[str, str, s
     for name, row in rows.items():
         print(f"{name:{name_width}s}" + "".join(
             f"{fmt.format(row[k]):>{width}s}" if k in row else " " * width for k, _, fmt in cols))
+
+
+def targets_of(items: list[tuple[str, float, str, Any]]) -> list[dict[str, Any]]:
+    """(name, value, target, met) -> the JSON's `targets` entries (DEVELOPERS.md)."""
+    return [{"name": n, "value": v, "target": t, "met": bool(m)} for n, v, t, m in items]
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    """One line per target: name, value, target, yes / NO."""
+    name_width = max((len(t["name"]) for t in targets), default=0)
+    target_width = max((len(t["target"]) for t in targets), default=0)
+    for t in targets:
+        print(f"  {t['name']:{name_width}s} {t['value']:10.4g}  {t['target']:{target_width}s}  "
+              f"{'yes' if t['met'] else 'NO'}")
 
 
 def mean_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, base_parser, script, train_model
+from common import ROOT, base_parser, print_targets, script, train_model
 from heat_oracles import oracles
 
 from physdiff.cli.train import parse_stages
@@ -240,10 +240,7 @@ def print_seeds(targets: list[dict[str, Any]], spread: dict[str, dict[str, Any]]
     for name, e in spread.items():
         print(f"  {name:48s} {e['mean']:10.4g} [{e['min']:.4g}, {e['max']:.4g}]  "
               f"{'yes' if e['all_met'] else 'NO'}")
-    for t in targets:
-        if not t["name"].startswith("seed "):
-            print(f"  {t['name']:48s} {t['value']:10.4g}  {t['target']}  "
-                  f"{'yes' if t['met'] else 'NO'}")
+    print_targets([t for t in targets if not t["name"].startswith("seed ")])
 
 
 def heat_targets(rows: dict[str, dict[str, Any]], train_seconds: float,

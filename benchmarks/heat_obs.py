@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import torch
-from common import ROOT, base_parser
+from common import ROOT, base_parser, print_targets, targets_of
 
 from physdiff import metrics
 from physdiff.conditioning import fourier_preconditioner, sample_posterior_observed
@@ -170,7 +170,7 @@ def targets(case: str, rows: dict[str, dict[str, Any]], full_cost: float) -> lis
         (f"{case}: cost per sample / full observation's", ours["seconds_per_sample"] / full_cost,
          "<= 5", ours["seconds_per_sample"] / full_cost <= 5),
     ]
-    return [{"name": n, "value": v, "target": t, "met": bool(m)} for n, v, t, m in items]
+    return targets_of(items)
 
 
 def main() -> None:
@@ -200,9 +200,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "heat_obs.json" if args.langevin_steps else "heat_obs_start_only.json"
     write_text_atomic(out / name, json.dumps(result, indent=2) + "\n")
-    for t in result["targets"]:
-        print(f"  {t['name']:52s} {t['value']:9.4g}  {t['target']:15s} "
-              f"{'yes' if t['met'] else 'NO'}")
+    print_targets(result["targets"])
     print(f"wrote {out / name}")
 
 

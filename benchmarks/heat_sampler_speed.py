@@ -103,7 +103,7 @@ def new_path(model: Model, x_T: Tensor, n: int, seed: int) -> Tensor:
                             batch_size=x_T.shape[0] * n)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=32)
@@ -119,6 +119,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's table of "
                    "the new path")
+    return p
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
     if args.batch % args.trajectories:
         p.error("--batch must be a multiple of --trajectories")

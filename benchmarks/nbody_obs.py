@@ -19,10 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, base_parser, print_table, script, train_model, with_end_state
+from common import (
+    ROOT,
+    base_parser,
+    print_table,
+    print_targets,
+    script,
+    targets_of,
+    train_model,
+    with_end_state,
+)
 
 from physdiff.conditioning import sample_end_states, sample_posterior_observed
 from physdiff.data import read
@@ -108,6 +118,35 @@ def stein_check(model: Any, x_T: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def write_drift_check(args: argparse.Namespace, model: Any, op: Mask, x_0: torch.Tensor,
+                      x_T: torch.Tensor, out: Path) -> None:
+    """--drift-check: the drift diagnostic's rows in nbody_obs_drift.json."""
+    prior_variance = float(x_0[..., 2:].var(0).mean())
+    print(f"prior variance of x_0's velocities: {prior_variance:.4g}")
+    rows = drift_check(model, op, x_0, x_T, args.n_samples, args.seed, args.batch_size)
+    write_text_atomic(out / "nbody_obs_drift.json", json.dumps({
+        "command": "python benchmarks/nbody_obs.py --drift-check"
+                   + (f" --limit {args.limit}" if args.limit else ""),
+        "version": code_version(), "sigma_y": SIGMA, "test_states": x_T.shape[0],
+        "chains": args.n_samples, "x0_velocity_prior_variance": prior_variance, "rows": rows},
+        indent=2) + "\n")
+
+
+def observed_targets(row: dict[str, Any], cost_ratio: float, max_rhat: float,
+                     langevin_steps: int) -> list[dict[str, Any]]:
+    """The targets of the positions-only posterior (`row`: its metrics)."""
+    items = [("positions only: SBC χ² p per coordinate (Bonferroni)",
+              row["sbc_p_per_coord_bonferroni"], "> 0.01", row["sbc_p_per_coord_bonferroni"] > 0.01),
+             ("positions only: coverage90", row["coverage90"], "in [0.85, 0.95]",
+              0.85 <= row["coverage90"] <= 0.95),
+             ("positions only: cost per sample / full observation's", cost_ratio, "<= 5",
+              cost_ratio <= 5)]
+    if langevin_steps > 0:  # with no steps there are no chains to diagnose
+        items.append(("positions only: largest split-R̂ of the end-state chains",
+                      max_rhat, "<= 1.05 (diagnostic)", max_rhat <= 1.05))
+    return targets_of(items)
+
+
 def main() -> None:
     args = parser().parse_args()
     cfg = CONFIGS["quick" if args.quick else "full"]
@@ -130,15 +169,7 @@ def main() -> None:
     positions[:, :2] = 1
     op = Mask(positions)
     if args.drift_check:
-        prior_variance = float(x_0[..., 2:].var(0).mean())
-        print(f"prior variance of x_0's velocities: {prior_variance:.4g}")
-        rows = drift_check(model, op, x_0, x_T, n, args.seed, args.batch_size)
-        write_text_atomic(out / "nbody_obs_drift.json", json.dumps({
-            "command": "python benchmarks/nbody_obs.py --drift-check"
-                       + (f" --limit {args.limit}" if args.limit else ""),
-            "version": code_version(), "sigma_y": SIGMA, "test_states": m, "chains": n,
-            "x0_velocity_prior_variance": prior_variance, "rows": rows},
-            indent=2) + "\n")
+        write_drift_check(args, model, op, x_0, x_T, out)
         return
     gen = torch.Generator().manual_seed(args.seed)
     y = op(x_T) + SIGMA * op(torch.randn(x_T.shape, generator=gen))
@@ -162,20 +193,8 @@ def main() -> None:
             "step_size": float(diag.step_size.median())}
     rows[f"positions only, σ_y = {SIGMA}: SDE"] = row
     print_table(rows, COLUMNS)
-    items = [("positions only: SBC χ² p per coordinate (Bonferroni)",
-              row["sbc_p_per_coord_bonferroni"], "> 0.01", row["sbc_p_per_coord_bonferroni"] > 0.01),
-             ("positions only: coverage90", row["coverage90"], "in [0.85, 0.95]",
-              0.85 <= row["coverage90"] <= 0.95),
-             ("positions only: cost per sample / full observation's", cost / full_cost, "<= 5",
-              cost / full_cost <= 5),
-             ]
-    if args.langevin_steps > 0:  # with no steps there are no chains to diagnose
-        items.append(("positions only: largest split-R̂ of the end-state chains",
-                      diag.max_rhat, "<= 1.05 (diagnostic)", diag.max_rhat <= 1.05))
-    targets = [{"name": a, "value": v, "target": t, "met": bool(ok)} for a, v, t, ok in items]
-    for t in targets:
-        print(f"  {t['name']:58s} {t['value']:9.4g}  {t['target']:22s} "
-              f"{'yes' if t['met'] else 'NO'}")
+    targets = observed_targets(row, cost / full_cost, diag.max_rhat, args.langevin_steps)
+    print_targets(targets)
     result = {"config": cfg, "flags": {k: str(v) for k, v in vars(args).items()},
               "command": "python benchmarks/nbody_obs.py" + (" --quick" if args.quick else ""),
               "version": code_version(), "device": str(device),

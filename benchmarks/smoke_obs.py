@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import torch
-from common import ROOT, base_parser, print_table, with_end_state
+from common import ROOT, base_parser, print_table, print_targets, with_end_state
 
 from physdiff import metrics
 from physdiff.conditioning import sample_posterior_observed
@@ -103,9 +103,7 @@ def main() -> None:
         rows, targets = bench.case(case)
         result["cases"][case] = rows
         result["targets"] += targets
-    for t in result["targets"]:
-        print(f"  {t['name']:52s} {t['value']:9.4g}  {t['target']:8s} "
-              f"{'yes' if t['met'] else 'NO'}")
+    print_targets(result["targets"])
     write_text_atomic(out / "smoke_obs.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'smoke_obs.json'}")
 

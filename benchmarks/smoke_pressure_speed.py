@@ -28,7 +28,7 @@ from physdiff.runtime import code_version
 from simulators import smoke, smoke_pressure
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[8, 16])
@@ -36,7 +36,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--old-grad-items", type=int, default=2,
                    help="items timed for the old path with gradients (it runs item by item)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     n = max(args.batch)
     geometry = smoke.sample_obstacles(n, torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import torch
 from physdiff.cli import generate, infer, train
+from physdiff.io import write_text_atomic
 from physdiff.model import load_model, read_split, reconstruct
 
 # the CLI finds the plug-in by its spec: put physdiff_burgers on the path, no install needed
@@ -129,7 +130,7 @@ def _cell(value: float | str | None) -> str:
     return f"{value:>15.4g}" if isinstance(value, float) else f"{value:>15s}"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/burgers"))
@@ -147,6 +148,11 @@ def main() -> None:
     p.add_argument("--n-samples", default="16")
     p.add_argument("--seed", default="0", help="train.py's seed (network initialisation and "
                    "batches); the dataset always uses seed 0")
+    return p
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
     out, data = args.out, args.out / "data"
     for physics in ("true", "none"):
@@ -187,10 +193,10 @@ def main() -> None:
     for name, row in rows.items():
         record["rows"][name] = rounded(row)
     record["wall_s"]["baselines"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(dump(record))
+    write_text_atomic(out / "results.json", dump(record))
     if args.results is not None:  # one file collects the labelled runs
         runs_ = json.loads(args.results.read_text()) if args.results.exists() else {}
-        args.results.write_text(dump({**runs_, args.label: compact(record)}))
+        write_text_atomic(args.results, dump({**runs_, args.label: compact(record)}))
     print(f"\n{'':44s}" + "".join(f"{c:>15s}" for c in COLUMNS))
     for name, row in record["rows"].items():
         print(f"{name:44s}" + "".join(_cell(row.get(c)) for c in COLUMNS))

@@ -229,9 +229,15 @@ def _train(args: argparse.Namespace, world: World) -> None:
                 break
     if bar is not None:
         bar.close()
-    if not world.main:
-        return
-    total = _total(run_)
+    if world.main:
+        _conclude(args, run_, step, skipped, t0, valid=valid, valid_path=valid_path,
+                  validate=validate)
+
+
+def _conclude(args: argparse.Namespace, run_: Run, step: int, skipped: int, t0: float, *,
+              valid: Trajectories, valid_path: Path, validate: Callable[..., float]) -> None:
+    """After the updates (main rank): save a run stopped early, or finish a complete one."""
+    ckpt_path, total = args.out / "checkpoint.pt", _total(run_)
     if step < total:
         save(run_, ckpt_path, step, skipped)
         print(f"stopped at update {step}/{total}; continue with --resume")
