@@ -68,6 +68,9 @@ CONFIGS = {
     "low-lr-long": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
                     "preset": "smoke-64-lr1e-4-long",
                     "out": "benchmarks/results/smoke-64-lr1e-4-long"},
+    # and then 100 updates of 48-step rollouts (the low-lr-long models continued)
+    "low-lr-48": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
+                  "preset": "smoke-64-lr1e-4-48", "out": "benchmarks/results/smoke-64-lr1e-4-48"},
     "quick": {"recipe": "datasets/smoke-demo.json", "data": "runs/bench-smoke-quick/data",
               "preset": "smoke-demo", "out": "benchmarks/results/smoke-quick"},
 }
@@ -95,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=sorted(CONFIGS), default="full",
                    help="full: smoke-64 (default); low-noise: smoke-64 with g = 0.02; low-lr: "
                         "smoke-64 with lr 1e-4 in the 16- and 32-step stages; low-lr-long: the "
-                        "same with 450 updates at 32 steps; quick: the same as --quick")
+                        "same with 450 updates at 32 steps; low-lr-48: then 100 at 48 steps; "
+                        "quick: the same as --quick")
     return p
 
 

@@ -74,6 +74,13 @@ class SmokeSystem(System):
                                  "batch_size": 8, "lr": 1e-3, "width": 16, "depth": 1,
                                  "val_every": 500, "val_trajectories": 4, "val_chunk": 2,
                                  "calibration_trajectories": 64},
+        # and then 100 updates of 48-step rollouts (the reference trains at 39; the benchmark
+        # reconstructs 30 steps back)
+        "smoke-64-lr1e-4-48": {"stages": "1:2500,4:500,8:600,16:400:0.1,32:150:0.1,32:300:0.1,"
+                                         "48:100:0.1",
+                               "batch_size": 8, "lr": 1e-3, "width": 16, "depth": 1,
+                               "val_every": 500, "val_trajectories": 4, "val_chunk": 2,
+                               "calibration_trajectories": 64},
         "smoke-demo": {"stages": "1:600,2:60", "batch_size": 8, "lr": 1e-3, "width": 16,
                        "depth": 1, "val_every": 200, "val_trajectories": 4, "val_chunk": 1,
                        "calibration_trajectories": 8},
