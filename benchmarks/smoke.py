@@ -61,16 +61,14 @@ CONFIGS = {
     # noise hide what the physics adds?)
     "low-noise": {"recipe": "datasets/smoke-64-g0.02.json", "data": "datasets/smoke-64-g0.02",
                   "preset": "smoke-64", "out": "benchmarks/results/smoke-64-g0.02"},
-    # smoke-64 with lr 1e-4 instead of 5e-4 in the 16- and 32-step stages (issue 10, item 4)
-    "low-lr": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
-               "preset": "smoke-64-lr1e-4", "out": "benchmarks/results/smoke-64-lr1e-4"},
-    # and with the 32-step stage three times as long (the low-lr models continued)
-    "low-lr-long": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
-                    "preset": "smoke-64-lr1e-4-long",
-                    "out": "benchmarks/results/smoke-64-lr1e-4-long"},
-    # and then 100 updates of 48-step rollouts (the low-lr-long models continued)
-    "low-lr-48": {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
-                  "preset": "smoke-64-lr1e-4-48", "out": "benchmarks/results/smoke-64-lr1e-4-48"},
+    # smoke-64's data with issue 10's curricula (item 4; SmokeSystem.presets): lr 1e-4 instead
+    # of 5e-4 in the 16- and 32-step stages; then the 32-step stage three times as long; then
+    # 100 updates of 48-step rollouts (each continues the models of the one before)
+    **{config: {"recipe": "datasets/smoke-64.json", "data": "datasets/smoke-64",
+                "preset": preset, "out": f"benchmarks/results/{preset}"}
+       for config, preset in (("low-lr", "smoke-64-lr1e-4"),
+                              ("low-lr-long", "smoke-64-lr1e-4-long"),
+                              ("low-lr-48", "smoke-64-lr1e-4-48"))},
     "quick": {"recipe": "datasets/smoke-demo.json", "data": "runs/bench-smoke-quick/data",
               "preset": "smoke-demo", "out": "benchmarks/results/smoke-quick"},
 }
