@@ -131,7 +131,7 @@ def test_full_mask_small_noise_reproduces_the_full_observation_posterior() -> No
     offset = 1e-8 * torch.linalg.solve(p_T.covariance + 1e-8 * torch.eye(SIZE**2, dtype=F64),
                                        centred)
     torch.testing.assert_close(end.mean, x_T - offset.T.reshape(x_T.shape), rtol=0, atol=1e-10)
-    assert 1e-7 < offset.abs().max() < 1e-5  # the check above is not of a zero offset
+    assert 1e-7 < offset.abs().max() < 2e-6  # not a zero offset, and still ~1e-6 (1.04e-6)
     assert end.variance.max() < 1.01e-8
 
 
