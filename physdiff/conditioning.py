@@ -203,28 +203,50 @@ def sample_end_states(
             raise ValueError(f"{operator!r} does not imply the state's shape: pass state_shape")
     state_shape = tuple(state_shape)
     sig = check_observed(operator, y, sigma, state_shape)
+    trivial = _without_chains(operator, y, sig, n, state_shape, steps, init, init_scale,
+                              generator)
+    if trivial is not None:
+        return trivial
+    _check_settings(n, steps, step_factor, burn_in)
+    precondition = precondition if precondition is not None else (lambda v: v)
+    x = _start_states(y, n, state_shape, init, init_scale, generator)
+    return _run_chains(prior_score, operator, y, sig, x, generator, steps, step_factor, burn_in,
+                       precondition, power_iterations)
+
+
+def _without_chains(operator: Operator, y: Tensor, sig: Tensor, n: int,
+                    state_shape: tuple[int, ...], steps: int, init: Tensor | None,
+                    init_scale: float, generator: torch.Generator | None
+                    ) -> tuple[Tensor, Diagnostics] | None:
+    """The draws when no chain needs to run, or None: the start draws themselves (steps 0 and
+    init_scale 0), or y itself (a noiseless Identity observation)."""
+    m = y.shape[0]
     if steps == 0 and init is not None and init_scale == 0:
         # the start draws themselves (e.g. exact draws of a Gaussian approximation's
         # conditional, physdiff/gaussian_start.py): no chain ran, so R̂ and ε are NaN
         draws = _start_states(y, n, state_shape, init, 0.0, generator)
-        m, nan = y.shape[0], torch.full((y.shape[0],), math.nan)
+        nan = torch.full((m,), math.nan)
         return (draws.reshape(m, n, *state_shape),
                 Diagnostics(torch.full((m, len(STATISTICS)), math.nan), nan, nan))
-    _check_settings(n, steps, step_factor, burn_in)
-    m = y.shape[0]
     if isinstance(operator, Identity) and (sig == 0).all():
         draws = y[:, None].expand(m, n, *y.shape[1:]).clone()
         ones, zeros = torch.ones(m, len(STATISTICS)), torch.zeros(m)
         return draws, Diagnostics(ones, zeros, torch.full((m,), math.inf))
+    return None
 
-    precondition = precondition if precondition is not None else (lambda v: v)
+
+def _run_chains(prior_score: Score, operator: Operator, y: Tensor, sig: Tensor, x: Tensor,
+                generator: torch.Generator | None, steps: int, step_factor: float,
+                burn_in: float, precondition: Score, power_iterations: int
+                ) -> tuple[Tensor, Diagnostics]:
+    """Run the n chains per observation from their start states x (M·n, *state): burn-in, a new
+    step size, then the kept steps with R̂ traces (`sample_end_states`)."""
+    m, n = y.shape[0], x.shape[0] // y.shape[0]
     y_rep = repeat_samples(y, n)
     likelihood = _likelihood_score(operator, y_rep, sig)
 
     def score(x: Tensor) -> Tensor:
         return prior_score(x) + likelihood(x)
-
-    x = _start_states(y, n, state_shape, init, init_scale, generator)
 
     def step_size(x: Tensor) -> tuple[Tensor, Tensor]:
         q = _largest_curvature(score, x, precondition, power_iterations, generator)
@@ -256,7 +278,7 @@ def sample_end_states(
     _check_finite(x, step_factor)
     stats = torch.stack(traces, dim=-1).reshape(m, n, len(STATISTICS), -1)
     rhat = split_rhat(stats.transpose(1, 2).double()).to(y.dtype)
-    return x.reshape(m, n, *state_shape), Diagnostics(rhat, eps, q)
+    return x.reshape(m, n, *x.shape[1:]), Diagnostics(rhat, eps, q)
 
 
 def _check_settings(n: int, steps: int, step_factor: float, burn_in: float) -> None:
