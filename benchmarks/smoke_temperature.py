@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Smoke: what a colder sampler does to the scores. The reverse noise of the trained models is
+scaled by s (s = 1 is the per-step covariance their training calibrated) and each model is
+scored at t = 0.35 on the validation split, with the models benchmarks/smoke.py trained (run
+that first; this script trains nothing).
+
+Why: the MSE per sample and the re-simulation MSE both fall as the samples narrow, so a tuned
+temperature could meet a target while the posterior gets worse (docs/method.md §7). The
+spread-skill ratio (MSE per sample over MSE of the sample mean, all three channels) is
+2n / (n + 1) in expectation for a calibrated posterior; this table shows it beside the scores.
+benchmarks/smoke.py scores at s = 1 only.
+
+Prints a table and writes smoke_temperature.json beside smoke.json.
+
+Examples:
+    python benchmarks/smoke_temperature.py --config low-lr-48 --train-seed 3
+    python benchmarks/smoke_temperature.py --scales 1,0.9    # other noise scales
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+import torch
+from common import ROOT, print_table
+from smoke import CONFIGS, command, results_folder
+
+from physdiff import metrics
+from physdiff.data import read
+from physdiff.io import write_text_atomic
+from physdiff.model import load_model, sample_posterior
+from physdiff.runtime import code_version, pick_device
+from physdiff.systems.smoke.system import mid_index
+
+MODELS = {"true": "physdiff", "none": "network only"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
+    p.add_argument("--scales", default="1,0.8,0.6",
+                   help="comma-separated factors on the reverse noise's standard deviation")
+    p.add_argument("--n-samples", type=int, default=16, help="samples per observation (16)")
+    p.add_argument("--limit", type=int, default=20, help="validation cases (20)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def scales_of(text: str) -> list[float]:
+    try:
+        scales = [float(s) for s in text.split(",")]
+    except ValueError:
+        scales = []
+    if not scales or any(not s > 0 for s in scales):
+        raise SystemExit(f"--scales {text!r}: expected positive numbers separated by commas")
+    return scales
+
+
+@torch.no_grad()
+def scored(model: Any, valid: Any, cond: torch.Tensor, scale: float, args: argparse.Namespace,
+           device: torch.device) -> dict[str, Any]:
+    """The system's metrics at t = 0.35 of n samples per case drawn with the reverse noise's
+    standard deviation times `scale`, and the all-channel spread-skill ratio."""
+    cold = dataclasses.replace(model, noise_spectra=model.noise_spectra * scale**2)
+    mid = mid_index(model.meta)
+    x_T, truth = valid.x[:, -1].to(device), valid.x[:, mid].to(device)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    samples = sample_posterior(cold, x_T, args.n_samples, gen, batch_size=args.batch_size,
+                               condition=cond, keep=(mid,), stop=mid)[:, :, 0]
+    row = model.system.evaluate(truth, x_T, samples=samples, condition=cond, index=mid)
+    per_sample = metrics.mse(samples, truth[:, None].expand_as(samples))
+    row["spread_skill_all_channels"] = per_sample / metrics.mse(samples.mean(1), truth)
+    return row
+
+
+def main() -> None:
+    args = parser().parse_args()
+    scales = scales_of(args.scales)
+    cfg = CONFIGS[args.config]
+    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
+    for physics in MODELS:
+        if not (out / physics / "checkpoint.pt").exists():
+            raise SystemExit(f"{out / physics / 'checkpoint.pt'}: not found; run "
+                             f"{command('smoke.py', args.config, args.train_seed)} first")
+    device = pick_device(args.device)
+    valid = read(data / "valid.h5", simulator="smoke", limit=args.limit)
+    rows: dict[str, dict[str, Any]] = {}
+    for physics, name in MODELS.items():
+        model = load_model(out / physics / "checkpoint.pt", device)
+        cond = model.system.condition(valid.extras, str(data / "valid.h5")).to(device)
+        for s in scales:
+            rows[f"{name}, noise x {s:g}"] = {"scale": s, **scored(model, valid, cond, s, args,
+                                                                  device)}
+    nominal = 2 * args.n_samples / (args.n_samples + 1)
+    print_table(rows, [("mse_per_sample", "MSE/sample", "{:.5f}"),
+                       ("velocity_mse_per_sample", "vel MSE/smp", "{:.5f}"),
+                       ("resim_mse", "re-sim MSE", "{:.5f}"),
+                       ("spread_skill_all_channels", "spread-skill", "{:.3f}")], name_width=28)
+    print(f"validation cases: {valid.x.shape[0]}; t = 0.35; spread-skill nominal "
+          f"2n/(n+1) = {nominal:.3f}")
+    result = {"command": command("smoke_temperature.py", args.config, args.train_seed),
+              "version": code_version(), "config": cfg, "n_samples": args.n_samples,
+              "seed": args.seed, "validation_cases": int(valid.x.shape[0]),
+              "spread_skill_nominal": nominal, "rows": rows,
+              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
+    write_text_atomic(out / "smoke_temperature.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke_temperature.json'}")
+
+
+if __name__ == "__main__":
+    main()
