@@ -41,6 +41,9 @@ def main() -> None:
     # while the network uses every thread, so the ratio depends on the thread count (at 2:
     # 1.25-1.83, at 1: the committed JSON)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1, as training)")
+    p.add_argument("--widths", type=int, nargs="+", default=[16],
+                   help="U-Net widths of the training updates (16, the smoke-64 preset's); "
+                        "others write speed-width<W1>-<W2>...json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     d = read(args.data, simulator="smoke", limit=args.batch)
@@ -65,33 +68,42 @@ def main() -> None:
 
         rows[f"U-Net width {width} fwd+bwd, batch {b}"] = mean_seconds(net_step, args.repeats)
     targets = []
-    for rollout in args.rollouts:
-        cost = {physics: mean_seconds(update(Path(args.data).parent, physics, rollout),
-                                      args.repeats) for physics in ("true", "none")}
-        rows[f"training update, rollout {rollout}, physics"] = cost["true"]
-        rows[f"training update, rollout {rollout}, network only"] = cost["none"]
-        ratio = cost["true"] / cost["none"]
-        targets.append({"name": f"update through the physics / network-only, rollout {rollout}",
-                        "value": ratio, "target": "<= 1.5", "met": ratio <= 1.5})
+    for width in args.widths:
+        label = "" if args.widths == [16] else f", width {width}"
+        for rollout in args.rollouts:
+            cost = {physics: mean_seconds(update(Path(args.data).parent, physics, rollout,
+                                                 width), args.repeats)
+                    for physics in ("true", "none")}
+            rows[f"training update, rollout {rollout}{label}, physics"] = cost["true"]
+            rows[f"training update, rollout {rollout}{label}, network only"] = cost["none"]
+            ratio = cost["true"] / cost["none"]
+            targets.append({"name": "update through the physics / network-only, rollout "
+                                    f"{rollout}{label}",
+                            "value": ratio, "target": "<= 1.5", "met": ratio <= 1.5})
     for name, value in rows.items():
-        print(f"{name:48s}{value:10.3f} s")
+        print(f"{name:58s}{value:10.3f} s")
     for t_ in targets:
         print(f"{t_['name']}: {t_['value']:.2f} (target {t_['target']})")
-    out = ROOT / "benchmarks/results/smoke-64/speed.json"
+    default = args.widths == [16]
+    out = ROOT / ("benchmarks/results/smoke-64/speed"
+                  + ("" if default else "-width" + "-".join(map(str, args.widths))) + ".json")
+    command = "python benchmarks/smoke_speed.py" + (
+        "" if default else " --widths " + " ".join(map(str, args.widths)) + " --rollouts "
+        + " ".join(map(str, args.rollouts)) + f" --repeats {args.repeats}")
     write_text_atomic(out, json.dumps({"seconds": rows, "version": code_version(),
-                                       "command": "python benchmarks/smoke_speed.py",
+                                       "command": command,
                                        "torch_threads": torch.get_num_threads(),
                                        "flags": vars(args), "targets": targets},
                                       indent=2) + "\n")
     print(f"wrote {out}")
 
 
-def update(data: Path, physics: str, rollout: int) -> Callable[[], None]:
-    """One training update of the smoke-64 preset (batch 8, U-Net width 16) at `rollout`:
+def update(data: Path, physics: str, rollout: int, width: int = 16) -> Callable[[], None]:
+    """One training update of the smoke-64 preset (batch 8) with U-Net `width` at `rollout`:
     train.py's own batches and loss, then backward."""
     args = train.parser().parse_args(["--data", str(data), "--out", "unused", "--preset",
                                       "smoke-64", "--physics", physics, "--stages",
-                                      f"{rollout}:1", "--device", "cpu"])
+                                      f"{rollout}:1", "--device", "cpu", "--width", str(width)])
     run_ = train.setup(args)
     if run_.condition is not None:  # factorise every training geometry once, as a long run has
         with torch.no_grad():
