@@ -68,8 +68,9 @@ def main() -> None:
 
         rows[f"U-Net width {width} fwd+bwd, batch {b}"] = mean_seconds(net_step, args.repeats)
     targets = []
+    default = args.widths == [16]  # the preset's width alone: speed.json's rows and names
     for width in args.widths:
-        label = "" if args.widths == [16] else f", width {width}"
+        label = "" if default else f", width {width}"
         for rollout in args.rollouts:
             cost = {physics: mean_seconds(update(Path(args.data).parent, physics, rollout,
                                                  width), args.repeats)
@@ -84,7 +85,6 @@ def main() -> None:
         print(f"{name:58s}{value:10.3f} s")
     for t_ in targets:
         print(f"{t_['name']}: {t_['value']:.2f} (target {t_['target']})")
-    default = args.widths == [16]
     out = ROOT / ("benchmarks/results/smoke-64/speed"
                   + ("" if default else "-width" + "-".join(map(str, args.widths))) + ".json")
     command = "python benchmarks/smoke_speed.py" + (
