@@ -19,13 +19,12 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import torch
 from common import ROOT, print_table
-from smoke import CONFIGS, command, results_folder
+from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
 
 from physdiff.data import read
 from physdiff.io import write_text_atomic
@@ -33,19 +32,6 @@ from physdiff.model import load_model, sample_posterior
 from physdiff.runtime import code_version, pick_device
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
-    p.add_argument("--n-samples", type=int, default=8, help="samples per observation (8)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-seed", type=int, default=0,
-                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
-    p.add_argument("--device", default="auto")
-    return p
 
 
 @torch.no_grad()
@@ -67,13 +53,14 @@ def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, 
 
 
 def main() -> None:
-    args = parser().parse_args()
+    args = trained_parser(__doc__, n_samples=8, seed=0).parse_args()
+    checkpoints = trained_checkpoints(args.config, args.train_seed)
     cfg = CONFIGS[args.config]
     out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
     device = pick_device(args.device)
     test = read(data / "test.h5", simulator="smoke")
     n_steps = test.x.shape[1] - 1
-    runs = {physics: horizon_errors(str(out / physics / "checkpoint.pt"), test,
+    runs = {physics: horizon_errors(str(checkpoints[physics]), test,
                                     str(data / "test.h5"), KEEP, args.n_samples, args.seed,
                                     args.batch_size, device)
             for physics in ("true", "none")}

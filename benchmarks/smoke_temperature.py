@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from common import ROOT, print_table
-from smoke import CONFIGS, command, results_folder
+from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
 
 from physdiff import metrics
 from physdiff.data import read
@@ -39,18 +39,10 @@ MODELS = {"true": "physdiff", "none": "network only"}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
-    p.add_argument("--train-seed", type=int, default=0,
-                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
+    p = trained_parser(__doc__, n_samples=16, seed=3)
     p.add_argument("--scales", default="1,0.8,0.6",
                    help="comma-separated factors on the reverse noise's standard deviation")
-    p.add_argument("--n-samples", type=int, default=16, help="samples per observation (16)")
     p.add_argument("--limit", type=int, default=20, help="validation cases (20)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--device", default="auto")
     return p
 
 
@@ -85,16 +77,13 @@ def main() -> None:
     args = parser().parse_args()
     scales = scales_of(args.scales)
     cfg = CONFIGS[args.config]
+    checkpoints = trained_checkpoints(args.config, args.train_seed)
     out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
-    for physics in MODELS:
-        if not (out / physics / "checkpoint.pt").exists():
-            raise SystemExit(f"{out / physics / 'checkpoint.pt'}: not found; run "
-                             f"{command('smoke.py', args.config, args.train_seed)} first")
     device = pick_device(args.device)
     valid = read(data / "valid.h5", simulator="smoke", limit=args.limit)
     rows: dict[str, dict[str, Any]] = {}
     for physics, name in MODELS.items():
-        model = load_model(out / physics / "checkpoint.pt", device)
+        model = load_model(checkpoints[physics], device)
         cond = model.system.condition(valid.extras, str(data / "valid.h5")).to(device)
         for s in scales:
             rows[f"{name}, noise x {s:g}"] = {"scale": s, **scored(model, valid, cond, s, args,
