@@ -203,36 +203,34 @@ def sample_end_states(
             raise ValueError(f"{operator!r} does not imply the state's shape: pass state_shape")
     state_shape = tuple(state_shape)
     sig = check_observed(operator, y, sigma, state_shape)
-    trivial = _without_chains(operator, y, sig, n, state_shape, steps, init, init_scale,
-                              generator)
-    if trivial is not None:
-        return trivial
+    if steps == 0 and init is not None and init_scale == 0:
+        return _start_draws(y, n, state_shape, init, generator)
     _check_settings(n, steps, step_factor, burn_in)
+    if isinstance(operator, Identity) and (sig == 0).all():
+        return _observed_exactly(y, n)
     precondition = precondition if precondition is not None else (lambda v: v)
     x = _start_states(y, n, state_shape, init, init_scale, generator)
     return _run_chains(prior_score, operator, y, sig, x, generator, steps, step_factor, burn_in,
                        precondition, power_iterations)
 
 
-def _without_chains(operator: Operator, y: Tensor, sig: Tensor, n: int,
-                    state_shape: tuple[int, ...], steps: int, init: Tensor | None,
-                    init_scale: float, generator: torch.Generator | None
-                    ) -> tuple[Tensor, Diagnostics] | None:
-    """The draws when no chain needs to run, or None: the start draws themselves (steps 0 and
-    init_scale 0), or y itself (a noiseless Identity observation)."""
+def _start_draws(y: Tensor, n: int, state_shape: tuple[int, ...], init: Tensor,
+                 generator: torch.Generator | None) -> tuple[Tensor, Diagnostics]:
+    """The start draws themselves (e.g. exact draws of a Gaussian approximation's conditional,
+    physdiff/gaussian_start.py): no chain ran, so R̂ and ε are NaN."""
     m = y.shape[0]
-    if steps == 0 and init is not None and init_scale == 0:
-        # the start draws themselves (e.g. exact draws of a Gaussian approximation's
-        # conditional, physdiff/gaussian_start.py): no chain ran, so R̂ and ε are NaN
-        draws = _start_states(y, n, state_shape, init, 0.0, generator)
-        nan = torch.full((m,), math.nan)
-        return (draws.reshape(m, n, *state_shape),
-                Diagnostics(torch.full((m, len(STATISTICS)), math.nan), nan, nan))
-    if isinstance(operator, Identity) and (sig == 0).all():
-        draws = y[:, None].expand(m, n, *y.shape[1:]).clone()
-        ones, zeros = torch.ones(m, len(STATISTICS)), torch.zeros(m)
-        return draws, Diagnostics(ones, zeros, torch.full((m,), math.inf))
-    return None
+    draws = _start_states(y, n, state_shape, init, 0.0, generator)
+    nan = torch.full((m,), math.nan)
+    return (draws.reshape(m, n, *state_shape),
+            Diagnostics(torch.full((m, len(STATISTICS)), math.nan), nan, nan))
+
+
+def _observed_exactly(y: Tensor, n: int) -> tuple[Tensor, Diagnostics]:
+    """Every draw is y itself (a noiseless Identity observation)."""
+    m = y.shape[0]
+    draws = y[:, None].expand(m, n, *y.shape[1:]).clone()
+    ones, zeros = torch.ones(m, len(STATISTICS)), torch.zeros(m)
+    return draws, Diagnostics(ones, zeros, torch.full((m,), math.inf))
 
 
 def _run_chains(prior_score: Score, operator: Operator, y: Tensor, sig: Tensor, x: Tensor,
