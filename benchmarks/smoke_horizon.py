@@ -5,15 +5,16 @@ trained (run that first; this script trains nothing).
 
 For every test observation at T = 0.65, n reverse-SDE samples are drawn once and the states kept
 at every requested time index, so each horizon is scored on the same paths. The smoke-64 preset
-trains rollouts of up to 32 steps (16 before; each model's curriculum is in the JSON);
-benchmarks/smoke.py scores 30 steps back (t = 0.35).
+trains rollouts of up to 48 steps (the preset before, smoke-64-lr5e-4, 32; each model's
+curriculum is in the JSON); benchmarks/smoke.py scores 30 steps back (t = 0.35).
 
 Prints a table (smoke channel, MSE per sample and of the sample mean by `System.evaluate`, their
 physdiff / network ratio) and writes smoke_horizon.json beside smoke.json.
 
 Examples:
     python benchmarks/smoke_horizon.py                        # smoke-64
-    python benchmarks/smoke_horizon.py --config low-noise     # smoke-64 with g = 0.02
+    python benchmarks/smoke_horizon.py --config lr5e-4        # the preset before
+    python benchmarks/smoke_horizon.py --config low-noise     # that with g = 0.02
     python benchmarks/smoke_horizon.py --train-seed 1         # smoke.py --train-seed 1's models
 """
 

@@ -16,6 +16,7 @@ interval coverage of the truth by the samples, the chains' split-R̂, seconds pe
 Examples:
     python benchmarks/smoke_obs.py --limit 10            # smoke-64, first 10 test observations
     python benchmarks/smoke_obs.py --quick               # the smoke-demo models
+    python benchmarks/smoke_obs.py --config lr5e-4       # the models of the preset before
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 from common import ROOT, base_parser, print_table, print_targets, with_end_state
+from smoke import CONFIGS, command
 
 from physdiff import metrics
 from physdiff.conditioning import sample_posterior_observed
@@ -38,10 +40,6 @@ from physdiff.runtime import code_version, pick_device
 from physdiff.systems import for_data
 from physdiff.systems.smoke.system import mid_index
 
-CONFIGS = {
-    "full": {"data": "datasets/smoke-64", "out": "benchmarks/results/smoke-64"},
-    "quick": {"data": "runs/bench-smoke-quick/data", "out": "benchmarks/results/smoke-quick"},
-}
 SIGMA = 0.01
 COLUMNS = [("mse", "MSE t=.35", "{:.4g}"), ("mse_per_sample", "MSE/sample", "{:.4g}"),
            ("mse_of_mean", "MSE of mean", "{:.4g}"), ("resim_mse", "re-sim MSE", "{:.4g}"),
@@ -56,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Langevin steps for x_T | y (default: the system's, 0 for smoke)")
     p.add_argument("--cases", default="density,cells")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", choices=["full", "lr5e-4", "quick"], default="full",
+                   help="whose models (benchmarks/smoke.py --config): full, smoke-64 (default); "
+                        "lr5e-4, the smoke-64 preset before; quick, the same as --quick")
     return p
 
 
@@ -82,7 +83,8 @@ def zero_filled(op: Operator, y: torch.Tensor, shape: tuple[int, ...]) -> torch.
 
 def main() -> None:
     args = parser().parse_args()
-    cfg = CONFIGS["quick" if args.quick else "full"]
+    config = "quick" if args.quick else args.config
+    cfg = CONFIGS[config]
     device = pick_device(args.device)
     out, data = ROOT / cfg["out"], ROOT / cfg["data"]
     model = load_model(out / "true" / "checkpoint.pt", device)
@@ -93,8 +95,8 @@ def main() -> None:
     system = for_data(test.meta, tuple(test.x.shape[2:]))
     cond = system.condition(test.extras, str(data / "test.h5"))
     result: dict[str, Any] = {"flags": {k: str(v) for k, v in vars(args).items()},
-                              "command": "python benchmarks/smoke_obs.py"
-                              + (" --quick" if args.quick else ""), "version": code_version(),
+                              "command": command("smoke_obs.py", config, 0),
+                              "version": code_version(),
                               "device": str(device), "torch_threads": torch.get_num_threads(),
                               "sigma_y": SIGMA, "end_state_from_data": added, "cases": {},
                               "targets": []}

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Smoke: where the re-simulation error comes from (issue 10, item 4: measure why the re-sim
+target is missed), with the models benchmarks/smoke.py trained (run that first; this script
+trains nothing).
+
+The re-sim MSE simulates a t = 0.35 reconstruction forward to T = 0.65 with the true obstacles
+and no noise and compares the smoke with the observation. The truth itself scores the data's
+noise there (the floor), and so does an exact posterior sample on average (docs/method.md §7),
+so what a model has above the floor is its own error. This script splits that excess by
+re-simulating, for the same samples as benchmarks/smoke.py (16 per test observation, its
+seeds):
+  sample                          the reconstruction as it is (smoke.py's number);
+  sample smoke, true velocity     only the smoke channel's error is left;
+  true smoke, sample velocity     only the velocities' error is left;
+  mean of the samples             the posterior mean, one state per observation (not a sample:
+                                  a re-simulation of the mean is no posterior sample's score);
+  truth                           the floor.
+
+Prints a table and writes smoke_resim.json beside smoke.json.
+
+Examples:
+    python benchmarks/smoke_resim.py                    # smoke-64's seed-0 models
+    python benchmarks/smoke_resim.py --train-seed 2     # smoke.py --train-seed 2's models
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from common import ROOT, print_table
+from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
+
+from physdiff.data import read
+from physdiff.io import write_text_atomic
+from physdiff.model import load_model, sample_posterior
+from physdiff.runtime import code_version, pick_device
+from physdiff.systems.smoke.system import mid_index
+
+# the models, with benchmarks/smoke.py's sampling seeds (so that "sample" repeats its number)
+MODELS = {"true": ("physdiff", 3), "none": ("network only", 4)}
+
+
+def variants(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The states to re-simulate, each (B, n, 3, H, W): the samples, each channel group swapped
+    for the truth's, and the sample mean (n = 1)."""
+    true_n = truth[:, None].expand_as(samples)
+    return {"sample": samples,
+            "sample smoke, true velocity": torch.cat([samples[:, :, :1], true_n[:, :, 1:]], 2),
+            "true smoke, sample velocity": torch.cat([true_n[:, :, :1], samples[:, :, 1:]], 2),
+            "mean of the samples": samples.mean(1, keepdim=True)}
+
+
+@torch.no_grad()
+def resim_rows(checkpoint: str, seed: int, test: Any, test_path: str, n: int, batch_size: int,
+               device: torch.device) -> dict[str, float]:
+    """The re-sim MSE of every variant of one model's samples at t = 0.35."""
+    model = load_model(checkpoint, device)
+    cond = model.system.condition(test.extras, test_path).to(device)
+    mid = mid_index(model.meta)
+    x_T, truth = test.x[:, -1].to(device), test.x[:, mid].to(device)
+    gen = torch.Generator(device).manual_seed(seed)
+    samples = sample_posterior(model, x_T, n, gen, batch_size=batch_size, condition=cond,
+                               keep=(mid,), stop=mid)[:, :, 0]
+    return {name: model.system.evaluate(truth, x_T, samples=states, condition=cond,
+                                        index=mid)["resim_mse"]
+            for name, states in {**variants(samples, truth), "truth": truth[:, None]}.items()}
+
+
+def main() -> None:
+    args = trained_parser(__doc__, n_samples=16, seed=0).parse_args()
+    checkpoints = trained_checkpoints(args.config, args.train_seed)
+    cfg = CONFIGS[args.config]
+    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
+    device = pick_device(args.device)
+    test = read(data / "test.h5", simulator="smoke")
+    found = {physics: resim_rows(str(checkpoints[physics]), seed + args.seed, test,
+                                 str(data / "test.h5"), args.n_samples, args.batch_size, device)
+             for physics, (_, seed) in MODELS.items()}
+    floor = found["true"]["truth"]
+    rows = {}
+    for variant in found["true"]:
+        ours, theirs = found["true"][variant], found["none"][variant]
+        rows[variant] = {"physdiff": ours, "network": theirs, "ratio": ours / theirs,
+                         "physdiff_above_floor": ours - floor,
+                         "network_above_floor": theirs - floor}
+    print_table(rows, [("physdiff", "physdiff", "{:.5f}"), ("network", "network", "{:.5f}"),
+                       ("ratio", "ratio", "{:.3f}"),
+                       ("physdiff_above_floor", "phys - floor", "{:.5f}"),
+                       ("network_above_floor", "net - floor", "{:.5f}")], name_width=30)
+    print(f"smoke re-sim MSE at T from t = 0.35; {test.x.shape[0]} test observations, "
+          f"{args.n_samples} samples each")
+    result = {"command": command("smoke_resim.py", args.config, args.train_seed),
+              "version": code_version(), "config": cfg, "n_samples": args.n_samples,
+              "seed_offset": args.seed, "test_observations": int(test.x.shape[0]), "rows": rows,
+              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
+    write_text_atomic(out / "smoke_resim.json", json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'smoke_resim.json'}")
+
+
+if __name__ == "__main__":
+    main()
