@@ -108,34 +108,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def trained_parser(doc: str, n_samples: int, seed: int) -> argparse.ArgumentParser:
-    """The flags of the scripts that score the models this benchmark trained (no training):
-    which models (--config, --train-seed), and how they are sampled."""
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
-    p.add_argument("--n-samples", type=int, default=n_samples,
-                   help=f"samples per observation ({n_samples})")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--train-seed", type=int, default=0,
-                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
-    p.add_argument("--device", default="auto")
-    return p
-
-
-def trained_checkpoints(config: str, train_seed: int) -> dict[str, Path]:
-    """The checkpoints of the physdiff ('true') and network-only ('none') models of a
-    benchmark run, or a one-line exit naming the missing one and the command that makes it."""
-    out = results_folder(CONFIGS[config], train_seed)
-    paths = {physics: out / physics / "checkpoint.pt" for physics in ("true", "none")}
-    for path in paths.values():
-        if not path.exists():
-            raise SystemExit(f"{path}: not found; run "
-                             f"{command('smoke.py', config, train_seed)} first")
-    return paths
-
-
 def results_folder(cfg: dict[str, str], train_seed: int) -> Path:
     """Where a configuration's models and results live; another training seed trains (and
     scores) its own pair of models in a folder of its own."""

@@ -20,17 +20,14 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
-from common import ROOT, print_table
-from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
+from common import print_table
+from smoke_trained import TrainedRun, trained_parser
 
 from physdiff.data import read
-from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
-from physdiff.runtime import code_version, pick_device
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
 
@@ -55,15 +52,12 @@ def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, 
 
 def main() -> None:
     args = trained_parser(__doc__, n_samples=8, seed=0).parse_args()
-    checkpoints = trained_checkpoints(args.config, args.train_seed)
-    cfg = CONFIGS[args.config]
-    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
-    device = pick_device(args.device)
-    test = read(data / "test.h5", simulator="smoke")
+    run = TrainedRun.of(args)
+    test = read(run.data / "test.h5", simulator="smoke")
     n_steps = test.x.shape[1] - 1
-    runs = {physics: horizon_errors(str(checkpoints[physics]), test,
-                                    str(data / "test.h5"), KEEP, args.n_samples, args.seed,
-                                    args.batch_size, device)
+    runs = {physics: horizon_errors(str(run.checkpoints[physics]), test,
+                                    str(run.data / "test.h5"), KEEP, args.n_samples, args.seed,
+                                    args.batch_size, run.device)
             for physics in ("true", "none")}
     stages = {physics: r[0] for physics, r in runs.items()}
     errors = {physics: r[1] for physics, r in runs.items()}
@@ -83,14 +77,9 @@ def main() -> None:
                        ("physdiff_of_mean", "physdiff mean", "{:.5f}"),
                        ("network_of_mean", "network mean", "{:.5f}"),
                        ("ratio_of_mean", "ratio", "{:.3f}")], name_width=28)
-    result = {"command": command("smoke_horizon.py", args.config, args.train_seed),
-              "version": code_version(), "config": cfg, "stages": stages,
-              "n_samples": args.n_samples, "seed": args.seed, "test_observations":
-              int(test.x.shape[0]), "rows": rows,
-              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
-    write_text_atomic(out / "smoke_horizon.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'smoke_horizon.json'}")
-
+    run.write("smoke_horizon", args, {"stages": stages, "n_samples": args.n_samples,
+                                      "seed": args.seed,
+                                      "test_observations": int(test.x.shape[0]), "rows": rows})
 
 if __name__ == "__main__":
     main()

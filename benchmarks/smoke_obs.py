@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from common import ROOT, base_parser, print_table, print_targets, with_end_state
 from smoke import CONFIGS, command
+from smoke_trained import trained_checkpoints
 
 from physdiff import metrics
 from physdiff.conditioning import sample_posterior_observed
@@ -87,7 +88,7 @@ def main() -> None:
     cfg = CONFIGS[config]
     device = pick_device(args.device)
     out, data = ROOT / cfg["out"], ROOT / cfg["data"]
-    model = load_model(out / "true" / "checkpoint.pt", device)
+    model = load_model(trained_checkpoints(config, 0)["true"], device)
     added = with_end_state(model, data)  # recorded in the JSON
     if args.langevin_steps is None:
         args.langevin_steps = model.system.default_langevin_steps

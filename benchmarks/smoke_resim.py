@@ -25,17 +25,14 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
-from common import ROOT, print_table
-from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
+from common import print_table
+from smoke_trained import TrainedRun, trained_parser
 
 from physdiff.data import read
-from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
-from physdiff.runtime import code_version, pick_device
 from physdiff.systems.smoke.system import mid_index
 
 # the models, with benchmarks/smoke.py's sampling seeds (so that "sample" repeats its number)
@@ -70,13 +67,11 @@ def resim_rows(checkpoint: str, seed: int, test: Any, test_path: str, n: int, ba
 
 def main() -> None:
     args = trained_parser(__doc__, n_samples=16, seed=0).parse_args()
-    checkpoints = trained_checkpoints(args.config, args.train_seed)
-    cfg = CONFIGS[args.config]
-    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
-    device = pick_device(args.device)
-    test = read(data / "test.h5", simulator="smoke")
-    found = {physics: resim_rows(str(checkpoints[physics]), seed + args.seed, test,
-                                 str(data / "test.h5"), args.n_samples, args.batch_size, device)
+    run = TrainedRun.of(args)
+    test = read(run.data / "test.h5", simulator="smoke")
+    found = {physics: resim_rows(str(run.checkpoints[physics]), seed + args.seed, test,
+                                 str(run.data / "test.h5"), args.n_samples, args.batch_size,
+                                 run.device)
              for physics, (_, seed) in MODELS.items()}
     floor = found["true"]["truth"]
     rows = {}
@@ -91,12 +86,8 @@ def main() -> None:
                        ("network_above_floor", "net - floor", "{:.5f}")], name_width=30)
     print(f"smoke re-sim MSE at T from t = 0.35; {test.x.shape[0]} test observations, "
           f"{args.n_samples} samples each")
-    result = {"command": command("smoke_resim.py", args.config, args.train_seed),
-              "version": code_version(), "config": cfg, "n_samples": args.n_samples,
-              "seed_offset": args.seed, "test_observations": int(test.x.shape[0]), "rows": rows,
-              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
-    write_text_atomic(out / "smoke_resim.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'smoke_resim.json'}")
+    run.write("smoke_resim", args, {"n_samples": args.n_samples, "seed_offset": args.seed,
+                                    "test_observations": int(test.x.shape[0]), "rows": rows})
 
 
 if __name__ == "__main__":

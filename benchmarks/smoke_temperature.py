@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from typing import Any
 
 import torch
-from common import ROOT, print_table
-from smoke import CONFIGS, command, results_folder, trained_checkpoints, trained_parser
+from common import print_table
+from smoke_trained import TrainedRun, trained_parser
 
 from physdiff import metrics
 from physdiff.data import read
-from physdiff.io import write_text_atomic
 from physdiff.model import load_model, sample_posterior
-from physdiff.runtime import code_version, pick_device
 from physdiff.systems.smoke.system import mid_index
 
 MODELS = {"true": "physdiff", "none": "network only"}
@@ -76,15 +73,13 @@ def scored(model: Any, valid: Any, cond: torch.Tensor, scale: float, args: argpa
 def main() -> None:
     args = parser().parse_args()
     scales = scales_of(args.scales)
-    cfg = CONFIGS[args.config]
-    checkpoints = trained_checkpoints(args.config, args.train_seed)
-    out, data = results_folder(cfg, args.train_seed), ROOT / cfg["data"]
-    device = pick_device(args.device)
-    valid = read(data / "valid.h5", simulator="smoke", limit=args.limit)
+    run = TrainedRun.of(args)
+    device = run.device
+    valid = read(run.data / "valid.h5", simulator="smoke", limit=args.limit)
     rows: dict[str, dict[str, Any]] = {}
     for physics, name in MODELS.items():
-        model = load_model(checkpoints[physics], device)
-        cond = model.system.condition(valid.extras, str(data / "valid.h5")).to(device)
+        model = load_model(run.checkpoints[physics], device)
+        cond = model.system.condition(valid.extras, str(run.data / "valid.h5")).to(device)
         for s in scales:
             rows[f"{name}, noise x {s:g}"] = {"scale": s, **scored(model, valid, cond, s, args,
                                                                   device)}
@@ -95,14 +90,10 @@ def main() -> None:
                        ("spread_skill_all_channels", "spread-skill", "{:.3f}")], name_width=28)
     print(f"validation cases: {valid.x.shape[0]}; t = 0.35; spread-skill nominal "
           f"2n/(n+1) = {nominal:.3f}")
-    result = {"command": command("smoke_temperature.py", args.config, args.train_seed),
-              "version": code_version(), "config": cfg, "n_samples": args.n_samples,
-              "seed": args.seed, "validation_cases": int(valid.x.shape[0]),
-              "spread_skill_nominal": nominal, "rows": rows,
-              "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
-    write_text_atomic(out / "smoke_temperature.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'smoke_temperature.json'}")
-
+    run.write("smoke_temperature", args, {
+        "n_samples": args.n_samples, "seed": args.seed,
+        "validation_cases": int(valid.x.shape[0]), "spread_skill_nominal": nominal,
+        "rows": rows})
 
 if __name__ == "__main__":
     main()

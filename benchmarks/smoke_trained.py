@@ -1,0 +1,75 @@
+"""What the smoke diagnostics share (smoke_horizon, smoke_temperature, smoke_resim): they score
+the models benchmarks/smoke.py trained, train nothing, and write a JSON beside its smoke.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import ROOT
+from smoke import CONFIGS, command, results_folder
+
+from physdiff.io import write_text_atomic
+from physdiff.runtime import code_version, pick_device
+
+
+def trained_parser(doc: str, n_samples: int, seed: int) -> argparse.ArgumentParser:
+    """The flags of the scripts that score the models smoke.py trained (no training): which
+    models (--config, --train-seed), and how they are sampled."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
+    p.add_argument("--n-samples", type=int, default=n_samples,
+                   help=f"samples per observation ({n_samples})")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def trained_checkpoints(config: str, train_seed: int) -> dict[str, Path]:
+    """The checkpoints of the physdiff ('true') and network-only ('none') models of a
+    benchmark run, or a one-line exit naming the missing one and the command that makes it."""
+    out = results_folder(CONFIGS[config], train_seed)
+    paths = {physics: out / physics / "checkpoint.pt" for physics in ("true", "none")}
+    for path in paths.values():
+        if not path.exists():
+            raise SystemExit(f"{path}: not found; run "
+                             f"{command('smoke.py', config, train_seed)} first")
+    return paths
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """One smoke.py run as a diagnostic's flags name it: its checkpoints, configuration,
+    results folder (`out`), dataset folder and the device to score on."""
+
+    checkpoints: dict[str, Path]
+    cfg: dict[str, str]
+    out: Path
+    data: Path
+    device: torch.device
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> TrainedRun:
+        cfg = CONFIGS[args.config]
+        return cls(trained_checkpoints(args.config, args.train_seed), cfg,
+                   results_folder(cfg, args.train_seed), ROOT / cfg["data"],
+                   pick_device(args.device))
+
+    def write(self, name: str, args: argparse.Namespace, fields: dict[str, Any]) -> None:
+        """Write benchmarks/`name`.py's JSON (`name`.json) beside smoke.json: the command that
+        reproduces it, the code version, the configuration and `fields`."""
+        result = {"command": command(f"{name}.py", args.config, args.train_seed),
+                  "version": code_version(), "config": self.cfg, **fields,
+                  "targets": []}  # a diagnostic: issue 10's targets are scored in smoke.json
+        path = self.out / f"{name}.json"
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
