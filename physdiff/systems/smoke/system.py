@@ -56,7 +56,7 @@ class SmokeSystem(System):
         # smoke-64: a U-Net of width 16, the one-step loss, then rollouts through the
         # differentiable step grown to 16, 32 and 48 steps (docs/method.md §3), lr 1e-4 (the
         # reference's) in the 16-step stage and after it. With the factorised pressure solve
-        # (simulators/smoke_pressure.py) an update costs 0.15 s at rollout 1 and 7.5 s at 48 on
+        # (simulators/smoke_pressure.py) an update costs 0.16 s at rollout 1 and 7.5 s at 48 on
         # one CPU thread (python benchmarks/smoke_speed.py); the whole curriculum took 93-105 min
         # beside a second training (python benchmarks/smoke.py). Issue 10's experiments led here
         # from `smoke-64-lr5e-4`, one by one on training seed 3, each preset appending a stage to
