@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT
+from common import ROOT, script
 from smoke import CONFIGS, command, results_folder
 
 from physdiff.io import write_text_atomic
@@ -60,8 +60,10 @@ class TrainedRun:
     @classmethod
     def of(cls, args: argparse.Namespace) -> TrainedRun:
         cfg = CONFIGS[args.config]
-        return cls(trained_checkpoints(args.config, args.train_seed), cfg,
-                   results_folder(cfg, args.train_seed), ROOT / cfg["data"],
+        checkpoints = trained_checkpoints(args.config, args.train_seed)
+        # the data smoke.py trained on; generate.py keeps splits that exist with the same recipe
+        script("generate.py", "--recipe", cfg["recipe"], "--out", str(ROOT / cfg["data"]))
+        return cls(checkpoints, cfg, results_folder(cfg, args.train_seed), ROOT / cfg["data"],
                    pick_device(args.device))
 
     def write(self, name: str, args: argparse.Namespace, fields: dict[str, Any]) -> None:

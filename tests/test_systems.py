@@ -100,3 +100,26 @@ def test_generic_pipelines_name_no_system(path: str) -> None:
     text = (ROOT / path).read_text()
     found = re.findall(r"\b(heat|nbody|smoke)\b", text)
     assert not found, f"{path} names systems: {sorted(set(found))}"
+
+
+def test_heat_spread_is_the_sample_std_and_absent_for_one_sample() -> None:
+    """Two samples x_0 ± d have an unbiased per-pixel std of d·√2; one sample has no spread, so
+    the key is absent and no degrees-of-freedom warning is raised (pytest turns it into a
+    failure below)."""
+    import warnings
+
+    import torch
+
+    from physdiff.data import Metadata
+
+    meta = Metadata(simulator="heat", dt=0.05, g=0.1, n_steps=4, seed=0, split="test",
+                    norm_mean=0.0, norm_std=1.0, version="test", params={"exponent": 4.0})
+    system = HeatSystem(meta, (1, 4, 4))
+    x_0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    pair = torch.stack([x_0 - 0.3, x_0 + 0.3], 1)
+    out = system.evaluate(x_0, system.forward_noise_free(x_0), samples=pair)
+    assert out["spread"] == pytest.approx(0.3 * 2 ** 0.5, rel=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one = system.evaluate(x_0, system.forward_noise_free(x_0), samples=pair[:, :1])
+    assert "spread" not in one and one["mse_per_sample"] == pytest.approx(0.09, rel=1e-5)

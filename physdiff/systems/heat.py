@@ -221,7 +221,8 @@ class HeatSystem(System):
             out["mse_of_mean"] = metrics.mse(samples.mean(1), x_0)
             out["recon_mse"] = metrics.mse(self.forward_noise_free(samples), clean_T[:, None])
             out["spectral_error"] = metrics.spectral_error(samples, truth)
-            out["spread"] = samples.std(1).mean().item()
+            if samples.shape[1] > 1:  # one sample per case has no spread
+                out["spread"] = samples.std(1).mean().item()
         if samples is not None and exact is not None:
             fields_ = samples[:, :, 0]  # single-channel fields (B, n, H, W)
             h, w = fields_.shape[-2:]

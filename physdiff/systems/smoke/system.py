@@ -207,12 +207,13 @@ class SmokeSystem(System):
             samples: Posterior samples (B, n, 3, H, W), or a point estimate `point` (B, 3, H, W).
 
         Returns:
-            mse (point) or mse_per_sample, mse_of_mean and spread (samples): smoke MSE to the
-            truth; spectral_error of the smoke (radial bins 1..10); velocity MSE for
-            completeness; at the headline time (t = 0.35) also resim_mse: the smoke MSE at T after
-            re-simulating the reconstruction forward with the true obstacles and no noise (the
-            reference metric), against the observed state. (Not at t = 0: 65 more simulator
-            steps per sample for a number the reference does not report.)
+            mse (point) or mse_per_sample, mse_of_mean and spread (samples; spread only with
+            two or more): smoke MSE to the truth; spectral_error of the smoke (radial bins
+            1..10); velocity MSE for completeness; at the headline time (t = 0.35) also
+            resim_mse: the smoke MSE at T after re-simulating the reconstruction forward with the
+            true obstacles and no noise (the reference metric), against the observed state. (Not
+            at t = 0: 65 more simulator steps per sample for a number the reference does not
+            report.)
         """
         if condition is None:
             raise ValueError("smoke metrics need the obstacle geometry")
@@ -230,7 +231,8 @@ class SmokeSystem(System):
         out["velocity_" + key] = metrics.mse(samples[:, :, 1:], truth_n[:, :, 1:])
         if point is None:
             out["mse_of_mean"] = metrics.mse(samples.mean(1)[:, 0], truth[:, 0])
-            out["spread"] = samples[:, :, 0].std(1).mean().item()
+            if n > 1:  # one sample per observation has no spread
+                out["spread"] = samples[:, :, 0].std(1).mean().item()
         out["spectral_error"] = metrics.spectral_error(samples[:, :, 0], truth_n[:, :, 0])
         if index == mid_index(self.meta):
             resim = self.forward(flat, condition.repeat_interleave(n, 0), index * self.meta.dt,
