@@ -70,6 +70,12 @@ class SmokeSystem(System):
         #   reconstructs 30 steps back). From scratch, physdiff / network only in MSE per sample
         #   is 0.87-0.94 on the training seeds run (README, smoke-64).
         "smoke-64": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64},
+        # smoke-64 with a U-Net of width 28 (about the reference's 337 k weights, 3x smoke-64's):
+        # does a larger network cut the smoke-channel bias that keeps physdiff's re-simulation
+        # error a third above the truth's on every smoke-64 seed (benchmarks/smoke_resim.py)?
+        # An update costs about 2.2x width 16's (python benchmarks/smoke_speed.py --widths 16
+        # 28), some 3.4 h for the curriculum on one CPU thread
+        "smoke-64-w28": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64, "width": 28},
         # the name the 48-step curriculum had before it became smoke-64 (the JSONs in
         # benchmarks/results/smoke-64*/ were made under it: benchmarks/smoke.py --config low-lr-48)
         "smoke-64-lr1e-4-48": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64},
