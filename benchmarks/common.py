@@ -18,9 +18,13 @@ import h5py
 from physdiff.cli.train import finished
 from physdiff.data import read
 from physdiff.io import write_text_atomic
+from physdiff.runtime import code_version
 from physdiff.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py, datasets/
+# every benchmark imports this module first: read the code version now, so that a JSON written
+# hours later records the commit the run started from (code_version caches it)
+code_version()
 
 __all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "print_targets", "script",
            "targets_of", "train_model", "with_end_state"]

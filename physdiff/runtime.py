@@ -3,6 +3,7 @@ dataset and checkpoint records."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import physdiff
 __all__ = ["code_version", "pick_device"]
 
 
+@functools.cache
 def code_version() -> str:
     """physdiff's version plus the git commit of the checkout, when it runs from one ('.dirty' if
-    the tree has uncommitted changes); the bare version in an installed wheel."""
+    the tree has uncommitted changes); the bare version in an installed wheel. Read once per
+    process: a run of hours records the code it started with, not a commit made meanwhile."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return physdiff.__version__
