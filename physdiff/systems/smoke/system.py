@@ -57,7 +57,7 @@ class SmokeSystem(System):
         # differentiable step grown to 16, 32 and 48 steps (docs/method.md §3), lr 1e-4 (the
         # reference's) in the 16-step stage and after it. With the factorised pressure solve
         # (simulators/smoke_pressure.py) an update costs 0.16 s at rollout 1 and 7.5 s at 48 on
-        # one CPU thread (python benchmarks/smoke_speed.py); the whole curriculum took 93-105 min
+        # one CPU thread (python benchmarks/smoke_speed.py); the whole curriculum took 79-105 min
         # beside a second training (python benchmarks/smoke.py). Issue 10's experiments led here
         # from `smoke-64-lr5e-4`, one by one on training seed 3, each preset appending a stage to
         # the one before so that its models continue with --resume:
@@ -68,7 +68,7 @@ class SmokeSystem(System):
         #   falling: means over thirds of its first 150 updates 7.09, 6.22, 5.77);
         #   then 100 updates of 48-step rollouts (the reference trains at 39; the benchmark
         #   reconstructs 30 steps back). From scratch, physdiff / network only in MSE per sample
-        #   is 0.87-0.94 on the training seeds run (README, smoke-64).
+        #   is 0.86-0.94 on the four training seeds run (README, smoke-64).
         "smoke-64": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64},
         # smoke-64 with a U-Net of width 28 (about the reference's 337 k weights, 3x smoke-64's):
         # does a larger network cut the smoke-channel bias that keeps physdiff's re-simulation
