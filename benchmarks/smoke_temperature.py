@@ -13,7 +13,7 @@ benchmarks/smoke.py scores at s = 1 only.
 Prints a table and writes smoke_temperature.json beside smoke.json.
 
 Examples:
-    python benchmarks/smoke_temperature.py --config low-lr-48 --train-seed 3
+    python benchmarks/smoke_temperature.py --train-seed 3    # the seed-3 smoke-64 models
     python benchmarks/smoke_temperature.py --scales 1,0.9    # other noise scales
 """
 
