@@ -33,6 +33,7 @@ import torch
 from common import ROOT, base_parser, print_targets, script, train_model
 from heat_oracles import oracles
 
+from physdiff.checks import comma_list, non_negative
 from physdiff.cli.train import parse_stages
 from physdiff.data import read
 from physdiff.io import write_text_atomic
@@ -56,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__, n_samples=16, batch_size=1000)
     p.add_argument("--corrector-snr", type=float, default=0.05)
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
-    p.add_argument("--seeds", default="0", type=lambda t: [int(v) for v in t.split(",")],
+    p.add_argument("--seeds", default="0", type=comma_list(non_negative(int)),
                    help="training seeds of the benchmark model, e.g. 0,1,2 (the first one gets "
                    "every row, the others the mean path, PF-ODE and SDE)")
     return p

@@ -28,6 +28,7 @@ from common import print_table
 from smoke_trained import TrainedRun, trained_parser
 
 from physdiff import metrics
+from physdiff.checks import comma_list, positive
 from physdiff.data import read
 from physdiff.model import load_model, sample_posterior
 from physdiff.systems.smoke.system import mid_index
@@ -37,20 +38,10 @@ MODELS = {"true": "physdiff", "none": "network only"}
 
 def parser() -> argparse.ArgumentParser:
     p = trained_parser(__doc__, n_samples=16, seed=3)
-    p.add_argument("--scales", default="1,0.8,0.6",
+    p.add_argument("--scales", type=comma_list(positive(float)), default="1,0.8,0.6",
                    help="comma-separated factors on the reverse noise's standard deviation")
     p.add_argument("--limit", type=int, default=20, help="validation cases (20)")
     return p
-
-
-def scales_of(text: str) -> list[float]:
-    try:
-        scales = [float(s) for s in text.split(",")]
-    except ValueError:
-        scales = []
-    if not scales or any(not s > 0 for s in scales):
-        raise SystemExit(f"--scales {text!r}: expected positive numbers separated by commas")
-    return scales
 
 
 @torch.no_grad()
@@ -72,7 +63,6 @@ def scored(model: Any, valid: Any, cond: torch.Tensor, scale: float, args: argpa
 
 def main() -> None:
     args = parser().parse_args()
-    scales = scales_of(args.scales)
     run = TrainedRun.of(args)
     device = run.device
     valid = read(run.data / "valid.h5", simulator="smoke", limit=args.limit)
@@ -80,7 +70,7 @@ def main() -> None:
     for physics, name in MODELS.items():
         model = load_model(run.checkpoints[physics], device)
         cond = model.system.condition(valid.extras, str(run.data / "valid.h5")).to(device)
-        for s in scales:
+        for s in args.scales:
             rows[f"{name}, noise x {s:g}"] = {"scale": s, **scored(model, valid, cond, s, args,
                                                                   device)}
     nominal = 2 * args.n_samples / (args.n_samples + 1)

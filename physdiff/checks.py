@@ -7,7 +7,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["UsageError", "finite", "non_negative", "positive"]
+__all__ = ["UsageError", "comma_list", "finite", "non_negative", "positive"]
 
 
 class UsageError(ValueError):
@@ -15,6 +15,9 @@ class UsageError(ValueError):
 
 
 def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str], int | float]:
+    if kind is int:
+        what = what.replace("a finite number", "an integer")
+
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
@@ -40,3 +43,16 @@ def non_negative(kind: type = float) -> Callable[[str], int | float]:
 def finite(kind: type = float) -> Callable[[str], int | float]:
     """argparse type: a finite number (no nan or inf)."""
     return _number(kind, lambda v: True, "a finite number")
+
+
+def comma_list(item: Callable[[str], int | float]) -> Callable[[str], tuple[int | float, ...]]:
+    """argparse type: comma-separated values, each read by `item` (e.g. positive(float)); a bad
+    one is named with the list it came in."""
+    def parse(text: str) -> tuple[int | float, ...]:
+        try:
+            return tuple(item(v) for v in text.split(","))
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} in the comma-separated list {text!r}"
+                                             ) from None
+
+    return parse

@@ -177,3 +177,22 @@ def test_spread_skill_tolerance_widens_only_when_few_cases_make_it_noisy() -> No
         samples = mu[:, None] + scale[:, None] * torch.randn(16, N_SAMPLES, dim, generator=gen)
         tolerance[dim] = max(0.10, 3 * _bootstrap_se(samples, x_0) / nominal)
     assert tolerance[20] > 0.10 and tolerance[4096] == 0.10, tolerance
+
+
+def test_comma_lists_read_each_value_by_its_rule_and_name_the_bad_one() -> None:
+    """--scales 1,0.8 / --seeds 0,2 / --obs-noise: every item checked like a single flag value;
+    the error names the bad item and the list it came in, on one line."""
+    import argparse
+
+    from physdiff.checks import comma_list, finite, non_negative, positive
+
+    assert comma_list(positive(float))("1,0.8") == (1.0, 0.8)
+    assert comma_list(non_negative(int))("0,2") == (0, 2)
+    for parse, text, bad in [(comma_list(positive(float)), "1,-1", "got -1"),
+                             (comma_list(non_negative(int)), "0,1.5", "an integer >= 0, got 1.5"),
+                             (comma_list(finite(float)), "0.1,nan", "got nan"),
+                             (comma_list(finite(float)), "", "got ")]:
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            parse(text)
+        assert bad in str(err.value) and repr(text) in str(err.value)
+        assert len(str(err.value).splitlines()) == 1

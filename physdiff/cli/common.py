@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 from tqdm import tqdm
 
-from physdiff.checks import UsageError, finite, non_negative, positive
+from physdiff.checks import UsageError, comma_list, finite, non_negative, positive
 from physdiff.data import DataError
 from physdiff.training import CheckpointError
 
@@ -22,6 +22,7 @@ __all__ = [
     "Progress",
     "UsageError",
     "apply_recipe",
+    "comma_list",
     "finite",
     "non_negative",
     "note",

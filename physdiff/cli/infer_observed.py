@@ -21,7 +21,15 @@ import torch
 from torch import Tensor
 
 from physdiff.chunks import busiest_seconds, chunk_generator, observation_chunks, shared_chunks
-from physdiff.cli.common import Progress, UsageError, non_negative, note, positive
+from physdiff.cli.common import (
+    Progress,
+    UsageError,
+    comma_list,
+    finite,
+    non_negative,
+    note,
+    positive,
+)
 from physdiff.conditioning import sample_posterior_observed
 from physdiff.distributed import SINGLE, World, agree
 from physdiff.model import Model, read_split, reconstruct
@@ -58,21 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the exact draws of the Gaussian start alone, where the system has one)")
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text}") from None
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not np.isfinite(values).all():
-        raise argparse.ArgumentTypeError(f"expected finite numbers, comma-separated, got {text}")
-    return values
+_ints = comma_list(finite(int))
+_floats = comma_list(finite(float))
 
 
 @dataclass(frozen=True)
