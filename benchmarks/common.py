@@ -15,6 +15,7 @@ from typing import Any
 
 import h5py
 
+from physdiff.checks import positive
 from physdiff.cli.train import finished
 from physdiff.data import read
 from physdiff.io import write_text_atomic
@@ -26,21 +27,28 @@ ROOT = Path(__file__).resolve().parent.parent  # train.py, infer.py, generate.py
 # hours later records the commit the run started from (code_version caches it)
 code_version()
 
-__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "print_targets", "script",
-           "targets_of", "train_model", "with_end_state"]
+__all__ = ["ROOT", "base_parser", "mean_seconds", "print_table", "print_targets",
+           "sampling_parser", "script", "targets_of", "train_model", "with_end_state"]
+
+
+def sampling_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
+    """The flags of every benchmark that samples: --n-samples, --batch-size, --device."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-samples", type=positive(int), default=n_samples,
+                   help=f"posterior samples per observation ({n_samples})")
+    p.add_argument("--batch-size", type=positive(int), default=batch_size,
+                   help=f"samples integrated at once ({batch_size})")
+    p.add_argument("--device", default="auto")
+    return p
 
 
 def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentParser:
-    """The flags every benchmark has: --quick, --limit, --n-samples, --batch-size, --device."""
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags every benchmark that trains has: sampling_parser's, --quick and --limit."""
+    p = sampling_parser(doc, n_samples, batch_size)
     p.add_argument("--quick", action="store_true", help="small data and short training: minutes")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test states (default all)")
-    p.add_argument("--n-samples", type=int, default=n_samples,
-                   help=f"posterior samples per observation ({n_samples})")
-    p.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"samples integrated at once ({batch_size})")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=positive(int),
+                   help="evaluate on the first N test states (default all)")
     return p
 
 

@@ -47,7 +47,7 @@ import torch
 from common import ROOT, base_parser, print_table, script, train_model
 
 from physdiff import metrics
-from physdiff.checks import positive
+from physdiff.checks import non_negative, positive
 from physdiff.cli.train import parse_stages
 from physdiff.data import read
 from physdiff.io import write_text_atomic
@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
                         "1.3, or the config's own)")
     p.add_argument("--only", help="comma list of methods to (re)compute: sde, ode, naive, "
                    "lbfgs, network")
-    p.add_argument("--train-seed", type=int, default=0,
+    p.add_argument("--train-seed", type=non_negative(int), default=0,
                    help="training seed of both models (0: results folder of the config; N: "
                         "its name with -seedN)")
     p.add_argument("--fresh", action="store_true", help="ignore cached method results")

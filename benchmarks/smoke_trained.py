@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ROOT, script
+from common import ROOT, sampling_parser, script
 from smoke import CONFIGS, command, results_folder
 
+from physdiff.checks import non_negative
 from physdiff.io import write_text_atomic
 from physdiff.runtime import code_version, pick_device
 
@@ -21,16 +22,11 @@ from physdiff.runtime import code_version, pick_device
 def trained_parser(doc: str, n_samples: int, seed: int) -> argparse.ArgumentParser:
     """The flags of the scripts that score the models smoke.py trained (no training): which
     models (--config, --train-seed), and how they are sampled."""
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sampling_parser(doc, n_samples, batch_size=32)
     p.add_argument("--config", choices=sorted(CONFIGS), default="full")
-    p.add_argument("--n-samples", type=int, default=n_samples,
-                   help=f"samples per observation ({n_samples})")
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--train-seed", type=int, default=0,
+    p.add_argument("--train-seed", type=non_negative(int), default=0,
                    help="the models of benchmarks/smoke.py --train-seed N (0: its default)")
-    p.add_argument("--device", default="auto")
     return p
 
 
