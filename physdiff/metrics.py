@@ -17,6 +17,7 @@ __all__ = [
     "distance_over_spread",
     "fourier_components",
     "interval_coverage",
+    "low_pass",
     "mse",
     "radial_amplitude",
     "spectral_error",
@@ -61,6 +62,14 @@ def spectral_error(x: Tensor, reference: Tensor, bins: range = range(1, 11)) -> 
     a = radial_amplitude(x, bins.stop)[..., bins.start:]
     b = radial_amplitude(reference, bins.stop)[..., bins.start:]
     return (a.clamp_min(1e-30).log() - b.clamp_min(1e-30).log()).abs().mean().item()
+
+
+def low_pass(x: Tensor, k_max: float) -> Tensor:
+    """The part of fields x (..., H, W) in the Fourier modes with |k| < k_max (the mean, k = 0,
+    included); x − low_pass(x, k_max) is the rest. Periodic in both axes, as the FFT is."""
+    h, w = x.shape[-2:]
+    keep = _abs_k(h, w, x.device) < k_max
+    return torch.fft.ifft2(torch.fft.fft2(x.double()) * keep).real.to(x.dtype)
 
 
 def band_masks(h: int, w: int, bands: tuple[tuple[float, float], ...] = BANDS) -> list[Tensor]:

@@ -15,6 +15,7 @@ from physdiff.metrics import (
     distance_over_spread,
     fourier_components,
     interval_coverage,
+    low_pass,
     mse,
     radial_amplitude,
     spectral_error,
@@ -324,3 +325,18 @@ def test_distance_over_spread_of_a_posterior_draw_is_one_plus_one_over_n() -> No
     assert (distance_over_spread(far, correlated[:, 1:]) > 100).float().mean() > 0.99
     with pytest.raises(ValueError, match="at least 2"):
         distance_over_spread(draws[:, 0], draws[:, 1:2])
+
+
+def test_low_pass_keeps_the_modes_below_k_max_and_splits_a_field_exactly() -> None:
+    """cos(2π·3x/W) + cos(2π·10y/H) + 0.5: k_max 5 keeps the mean and the |k| = 3 wave and drops
+    the |k| = 10 one exactly; on noise the low and high parts are orthogonal."""
+    h, w = 32, 24
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                          torch.arange(w, dtype=torch.float64), indexing="ij")
+    slow, fast = torch.cos(2 * math.pi * 3 * x / w), torch.cos(2 * math.pi * 10 * y / h)
+    field = (slow + fast + 0.5)[None, None]
+    torch.testing.assert_close(low_pass(field, 5.0)[0, 0], slow + 0.5, atol=1e-12, rtol=0)
+    torch.testing.assert_close(low_pass(field, 3.0)[0, 0], torch.full_like(slow, 0.5), atol=1e-12,
+                               rtol=0)  # |k| = 3 is not below 3
+    noise = torch.randn(2, 3, h, w, generator=_gen(5), dtype=torch.float64)
+    assert (low_pass(noise, 7.5) * (noise - low_pass(noise, 7.5))).sum((-2, -1)).abs().max() < 1e-9
