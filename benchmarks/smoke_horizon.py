@@ -9,7 +9,9 @@ trains rollouts of up to 48 steps (the preset before, smoke-64-lr5e-4, 32; each 
 curriculum is in the JSON); benchmarks/smoke.py scores 30 steps back (t = 0.35).
 
 Prints a table (smoke channel, MSE per sample and of the sample mean by `System.evaluate`, their
-physdiff / network ratio) and writes smoke_horizon.json beside smoke.json.
+physdiff / network ratio, and the share of each model's MSE per sample in the Fourier modes
+|k| >= 16, wavelengths of 4 cells and less on 64²) and writes smoke_horizon.json beside
+smoke.json.
 
 Examples:
     python benchmarks/smoke_horizon.py                        # smoke-64
@@ -27,9 +29,21 @@ from common import print_table
 from smoke_trained import TrainedRun, trained_parser
 
 from physdiff.data import read
+from physdiff.metrics import low_pass, mse
 from physdiff.model import load_model, sample_posterior
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
+FINE = 16.0  # |k| from which the smoke's error counts as fine-scale
+
+
+def scored(system: Any, truth: torch.Tensor, x_T: torch.Tensor, samples: torch.Tensor,
+           cond: torch.Tensor, index: int) -> dict[str, Any]:
+    """`System.evaluate`'s metrics of samples (B, n, C, H, W) at time `index`, and the share of
+    the smoke's MSE per sample in the modes |k| >= FINE."""
+    out = system.evaluate(truth, x_T, samples=samples, condition=cond, index=index)
+    error = samples[:, :, 0] - truth[:, None, 0]
+    out["fine_share"] = mse(error - low_pass(error, FINE), 0 * error) / out["mse_per_sample"]
+    return out
 
 
 @torch.no_grad()
@@ -46,8 +60,8 @@ def horizon_errors(checkpoint: str, test: Any, test_path: str, keep: tuple[int, 
     samples = sample_posterior(model, x_T, n, gen, batch_size=batch_size, condition=cond,
                                keep=keep)  # (M, n, K, C, H, W)
     return model.config["stages"], [
-        model.system.evaluate(test.x[:, k].to(device), x_T, samples=samples[:, :, i],
-                              condition=cond, index=k) for i, k in enumerate(keep)]
+        scored(model.system, test.x[:, k].to(device), x_T, samples[:, :, i], cond, k)
+        for i, k in enumerate(keep)]
 
 
 def main() -> None:
@@ -70,13 +84,16 @@ def main() -> None:
             "network_per_sample": theirs["mse_per_sample"],
             "ratio_per_sample": ours["mse_per_sample"] / theirs["mse_per_sample"],
             "physdiff_of_mean": ours["mse_of_mean"], "network_of_mean": theirs["mse_of_mean"],
-            "ratio_of_mean": ours["mse_of_mean"] / theirs["mse_of_mean"]}
+            "ratio_of_mean": ours["mse_of_mean"] / theirs["mse_of_mean"],
+            "physdiff_fine_share": ours["fine_share"], "network_fine_share": theirs["fine_share"]}
     print_table(rows, [("physdiff_per_sample", "physdiff/smp", "{:.5f}"),
                        ("network_per_sample", "network/smp", "{:.5f}"),
                        ("ratio_per_sample", "ratio", "{:.3f}"),
                        ("physdiff_of_mean", "physdiff mean", "{:.5f}"),
                        ("network_of_mean", "network mean", "{:.5f}"),
-                       ("ratio_of_mean", "ratio", "{:.3f}")], name_width=28)
+                       ("ratio_of_mean", "ratio", "{:.3f}"),
+                       ("physdiff_fine_share", "phys fine", "{:.2f}"),
+                       ("network_fine_share", "net fine", "{:.2f}")], name_width=28)
     run.write("smoke_horizon", args, {"stages": stages, "n_samples": args.n_samples,
                                       "seed": args.seed,
                                       "test_observations": int(test.x.shape[0]), "rows": rows})
