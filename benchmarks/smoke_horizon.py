@@ -29,7 +29,7 @@ from common import print_table
 from smoke_trained import TrainedRun, trained_parser
 
 from physdiff.data import read
-from physdiff.metrics import low_pass, mse
+from physdiff.metrics import low_pass
 from physdiff.model import load_model, sample_posterior
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
@@ -42,7 +42,8 @@ def scored(system: Any, truth: torch.Tensor, x_T: torch.Tensor, samples: torch.T
     the smoke's MSE per sample in the modes |k| >= FINE."""
     out = system.evaluate(truth, x_T, samples=samples, condition=cond, index=index)
     error = samples[:, :, 0] - truth[:, None, 0]
-    out["fine_share"] = mse(error - low_pass(error, FINE), 0 * error) / out["mse_per_sample"]
+    fine = error - low_pass(error, FINE)
+    out["fine_share"] = fine.double().square().mean().item() / out["mse_per_sample"]
     return out
 
 
