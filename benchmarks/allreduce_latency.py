@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -77,6 +78,10 @@ if __name__ == "__main__":
     if "WORLD_SIZE" in os.environ:
         measure()
     else:
+        # no flags: --help prints this text, and an unknown flag is an error, not a run that
+        # overwrites the committed JSON
+        argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc_per_node=2", __file__], check=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
