@@ -14,9 +14,8 @@ class UsageError(ValueError):
     """A bad flag value or input; the message names the flag or file and what was expected."""
 
 
-def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str], int | float]:
-    if kind is int:
-        what = what.replace("a finite number", "an integer")
+def _number(kind: type, ok: Callable[[float], bool], bound: str) -> Callable[[str], int | float]:
+    what = ("an integer" if kind is int else "a finite number") + bound
 
     def parse(text: str) -> int | float:
         try:
@@ -32,17 +31,17 @@ def _number(kind: type, ok: Callable[[float], bool], what: str) -> Callable[[str
 
 def positive(kind: type = int) -> Callable[[str], int | float]:
     """argparse type: a finite number > 0."""
-    return _number(kind, lambda v: v > 0, "a finite number > 0")
+    return _number(kind, lambda v: v > 0, " > 0")
 
 
 def non_negative(kind: type = float) -> Callable[[str], int | float]:
     """argparse type: a finite number ≥ 0."""
-    return _number(kind, lambda v: v >= 0, "a finite number >= 0")
+    return _number(kind, lambda v: v >= 0, " >= 0")
 
 
 def finite(kind: type = float) -> Callable[[str], int | float]:
     """argparse type: a finite number (no nan or inf)."""
-    return _number(kind, lambda v: True, "a finite number")
+    return _number(kind, lambda v: True, "")
 
 
 def comma_list(item: Callable[[str], int | float]) -> Callable[[str], tuple[int | float, ...]]:
