@@ -53,7 +53,8 @@ def variants(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tens
     mean smoke plus the scatter at large or at small scales only (SCALES)."""
     true_n = truth[:, None].expand_as(samples)
     mean = samples.mean(1, keepdim=True)
-    scatter = samples[:, :, :1] - mean[:, :, :1]
+    mean_smoke = mean[:, :, :1]
+    scatter = samples[:, :, :1] - mean_smoke
 
     def with_smoke(smoke: torch.Tensor) -> torch.Tensor:
         return torch.cat([smoke.expand_as(samples[:, :, :1]), samples[:, :, 1:]], 2)
@@ -62,11 +63,11 @@ def variants(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tens
            "sample smoke, true velocity": torch.cat([samples[:, :, :1], true_n[:, :, 1:]], 2),
            "true smoke, sample velocity": torch.cat([true_n[:, :, :1], samples[:, :, 1:]], 2),
            "mean of the samples": mean,
-           "mean smoke, sample velocity": with_smoke(mean[:, :, :1])}
+           "mean smoke, sample velocity": with_smoke(mean_smoke)}
     for k in SCALES:
         low = low_pass(scatter, k)
-        out[f"mean smoke + scatter |k| < {k:g}"] = with_smoke(mean[:, :, :1] + low)
-        out[f"mean smoke + scatter |k| >= {k:g}"] = with_smoke(mean[:, :, :1] + scatter - low)
+        out[f"mean smoke + scatter |k| < {k:g}"] = with_smoke(mean_smoke + low)
+        out[f"mean smoke + scatter |k| >= {k:g}"] = with_smoke(mean_smoke + scatter - low)
     return out
 
 

@@ -71,8 +71,9 @@ class SmokeSystem(System):
         #   is 0.86-0.94 on the four training seeds run (README, smoke-64).
         "smoke-64": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64},
         # smoke-64 with a U-Net of width 28 (about the reference's 337 k weights, 3x smoke-64's):
-        # does a larger network cut the smoke-channel bias that keeps physdiff's re-simulation
-        # error a third above the truth's on every smoke-64 seed (benchmarks/smoke_resim.py)?
+        # does a larger network cut the fine-scale scatter of the sampled smoke that keeps
+        # physdiff's re-simulation error a third above the truth's on every smoke-64 seed
+        # (benchmarks/smoke_resim.py)?
         # An update costs about 2.2x width 16's (python benchmarks/smoke_speed.py --widths 16
         # 28), some 3.4 h for the curriculum on one CPU thread
         "smoke-64-w28": {"stages": _LOW_LR_LONG + ",48:100:0.1", **_SMOKE_64, "width": 28},
