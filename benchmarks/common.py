@@ -64,7 +64,9 @@ def script(*argv: str, threads: int | None = None) -> float:
 def train_model(data: Path, out: Path, extra: list[str], device: str,
                 threads: int | None = None) -> float:
     """Train (or resume, or find complete) a model; return total training wall time in seconds,
-    summed over the invocations that did work (kept in out/wall_time.json)."""
+    summed over the invocations that did work (kept in out/wall_time.json; the checkpoint's
+    own `train_seconds` where it has one, which also counts an invocation killed after a
+    save)."""
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and _stale(ckpt, data):
         stale = out.with_name(out.name + ".stale")
@@ -81,7 +83,11 @@ def train_model(data: Path, out: Path, extra: list[str], device: str,
     seconds = script("train.py", "--data", str(data), "--out", str(out), "--resume",
                      "--device", device, *extra, threads=threads)
     after = load_checkpoint(ckpt)
-    if before is None or after["step"] > before["step"]:
+    advanced = before is None or after["step"] > before["step"]
+    if advanced and after.get("train_seconds") is not None:
+        # train.py's own sum over invocations: also counts one killed before it returned here
+        times["seconds"] = after["train_seconds"]
+    elif advanced:
         times["seconds"] += seconds
     elif not finished(before):
         # only the finishing step of an older version ran again: kept apart, not training

@@ -288,3 +288,31 @@ def test_bad_input_gives_one_line_errors(
     err = one_line_error(infer.main, ["--checkpoint", ckpt, "--data", str(tmp_path / "other.h5"),
                                       "--out", str(tmp_path / "o")])
     assert "schema version 99" in err
+
+
+def test_long_stages_save_by_time_and_training_seconds_add_up_over_invocations(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --save-minutes tiny every update saves (a run killed mid-stage loses at most that
+    long), and the checkpoint's train_seconds is the sum over invocations: a run stopped and
+    resumed records more than its first part, each part's own time counted once; a checkpoint
+    from before that record resumes without one (unknown, not a wrong number)."""
+    steps: list[int] = []
+    real_save = train.save
+    monkeypatch.setattr(train, "save", lambda run_, path, step, *a, **k: (
+        steps.append(step), real_save(run_, path, step, *a, **k)))
+    argv = ["--data", str(data), "--preset", "tiny", "--device", "cpu", "--stages", "1:6",
+            "--out", str(tmp_path / "a")]
+    train.main([*argv, "--save-every", "1000", "--save-minutes", "1e-9", "--stop-after", "4"])
+    assert steps == [1, 2, 3, 4, 4]  # each update, then the stop's own save
+    first = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)["train_seconds"]
+    assert first > 0
+    steps.clear()
+    train.main([*argv, "--resume"])
+    assert steps == [6]  # the finishing save only (every 500 updates or 10 min otherwise)
+    state = torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)
+    assert state["train_seconds"] > first
+    state["train_seconds"] = None
+    state["step"] = 4
+    torch.save({k: v for k, v in state.items() if k != "finish"}, tmp_path / "a/checkpoint.pt")
+    train.main([*argv, "--resume"])
+    assert torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)["train_seconds"] is None

@@ -73,8 +73,10 @@ def parser() -> argparse.ArgumentParser:
     return _parser(__doc__)
 
 
-def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
-    """Load an interrupted run's state; return (updates done, updates skipped, complete)."""
+def resume(run_: Run, ckpt_path: Path, log_path: Path
+           ) -> tuple[int, int, bool, float | None]:
+    """Load an interrupted run's state; return (updates done, updates skipped, complete,
+    training seconds so far or None where the checkpoint predates that record)."""
     state = load_checkpoint(ckpt_path)
     cfg = run_.cfg
     old = {**asdict(TrainConfig(data=cfg.data)), **state["config"]}  # keys added later
@@ -102,7 +104,7 @@ def resume(run_: Run, ckpt_path: Path, log_path: Path) -> tuple[int, int, bool]:
     if run_.world.main:
         _log_lines_upto(log_path, start)
     complete = finished(state) and start >= _total(run_)
-    return start, state["skipped"], complete
+    return start, state["skipped"], complete, state.get("train_seconds")
 
 
 # What the finishing step (`finish`) computes, by version: 1 noise calibration, end-state
@@ -121,8 +123,10 @@ def save(run_: Run, path: Path, step: int, skipped: int,
          noise_spectra: torch.Tensor | None = None,
          end_state: dict[str, torch.Tensor] | None = None,
          flow_correction: torch.Tensor | None = None,
-         flow_choice: dict[str, Any] | None = None) -> None:
-    """The run's state; `noise_spectra` given means the finishing step's final save."""
+         flow_choice: dict[str, Any] | None = None, train_seconds: float | None = None) -> None:
+    """The run's state; `noise_spectra` given means the finishing step's final save.
+    `train_seconds`: the training wall time that led to this state, summed over the invocations
+    (None where a resumed checkpoint did not record it)."""
     done = {} if noise_spectra is None else {"finish": FINISH, "flow_correction": flow_correction,
                                              "flow_choice": flow_choice}
     save_checkpoint(path, model=run_.model.state_dict(), optimizer=run_.optimizer.state_dict(),
@@ -133,7 +137,27 @@ def save(run_: Run, path: Path, step: int, skipped: int,
                     curriculum_history=run_.history,
                     noise_spectra=noise_spectra, end_state=end_state,
                     physics=(run_.physics_net.state_dict() if run_.physics_net is not None
-                             else None), **done)
+                             else None), train_seconds=train_seconds, **done)
+
+
+class Saver:
+    """When the main rank saves a checkpoint during the updates: every `every` updates and at
+    least every `minutes` of wall time (a long-rollout stage may run for hours between two
+    multiples of `every`; a killed run resumes from the last save). Keeps the training wall time
+    summed over invocations, `base` seconds before this one (None: unknown, not recorded)."""
+
+    def __init__(self, path: Path, every: int, minutes: float, base: float | None) -> None:
+        self.path, self.every, self.interval, self.base = path, every, 60 * minutes, base
+        self.t0 = self.last = time.perf_counter()
+
+    def seconds(self) -> float | None:
+        """Training wall time up to now, this invocation included."""
+        return None if self.base is None else self.base + time.perf_counter() - self.t0
+
+    def maybe(self, run_: Run, step: int, skipped: int) -> None:
+        if step % self.every == 0 or time.perf_counter() - self.last >= self.interval:
+            save(run_, self.path, step, skipped, train_seconds=self.seconds())
+            self.last = time.perf_counter()
 
 
 def train(args: argparse.Namespace) -> None:
@@ -182,11 +206,11 @@ def _train(args: argparse.Namespace, world: World) -> None:
     valid_path = args.data / "valid.h5"
     valid = read(valid_path, simulator=run_.data.meta.simulator)
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
-    start, skipped = 0, 0
+    start, skipped, base = 0, 0, 0.0
     if ckpt_path.exists():
         if not args.resume:
             raise UsageError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
-        start, skipped, complete = resume(run_, ckpt_path, log_path)
+        start, skipped, complete, base = resume(run_, ckpt_path, log_path)
         if complete:
             print(f"{ckpt_path}: training already complete ({start} updates)")
             return
@@ -198,6 +222,7 @@ def _train(args: argparse.Namespace, world: World) -> None:
     interrupted: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
+    saver = Saver(ckpt_path, args.save_every, args.save_minutes, base)
     bar = Progress("train", _total(run_), initial=start) if world.main else None
     with log_path.open("a") if world.main else contextlib.nullcontext() as log:
         sync = UpdateSync(run_, world, interrupted)
@@ -222,27 +247,26 @@ def _train(args: argparse.Namespace, world: World) -> None:
                     log.flush()
                 bar.update(1, loss=f"{metrics['loss']:.4f}", S=metrics["rollout"],
                            skipped=skipped)
-                if step % args.save_every == 0:
-                    save(run_, ckpt_path, step, skipped)
+                saver.maybe(run_, step, skipped)
             # every rank stops at the same update (a signal may reach only some of them)
             if step == stop_after or sync.stop:
                 break
     if bar is not None:
         bar.close()
     if world.main:
-        _conclude(args, run_, step, skipped, t0, valid=valid, valid_path=valid_path,
+        _conclude(args, run_, step, skipped, saver, valid=valid, valid_path=valid_path,
                   validate=validate)
 
 
-def _conclude(args: argparse.Namespace, run_: Run, step: int, skipped: int, t0: float, *,
+def _conclude(args: argparse.Namespace, run_: Run, step: int, skipped: int, saver: Saver, *,
               valid: Trajectories, valid_path: Path, validate: Callable[..., float]) -> None:
     """After the updates (main rank): save a run stopped early, or finish a complete one."""
-    ckpt_path, total = args.out / "checkpoint.pt", _total(run_)
+    ckpt_path, total, t0 = args.out / "checkpoint.pt", _total(run_), saver.t0
     if step < total:
-        save(run_, ckpt_path, step, skipped)
+        save(run_, ckpt_path, step, skipped, train_seconds=saver.seconds())
         print(f"stopped at update {step}/{total}; continue with --resume")
         return
-    finish(args, run_, valid, valid_path, skipped)
+    finish(args, run_, valid, valid_path, skipped, saver.seconds)
     ended = "".join(f"; stage {i + 1} ended by --patience after {n} updates"
                     for i, n in sorted(run_.plateau.ended.items()))
     print(f"trained {total} updates ({skipped} skipped as non-finite{ended}) in "
@@ -256,10 +280,11 @@ def _total(run_: Run) -> int:
 
 
 def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path: Path,
-           skipped: int) -> None:
+           skipped: int, seconds: Callable[[], float | None]) -> None:
     """After the last update (rank 0): calibrate the reverse-step noise, fit the system's
-    correction of the flow's step, save the final checkpoint, run the held-out calibration
-    check and draw loss.png."""
+    correction of the flow's step, save the final checkpoint (with the training wall time
+    `seconds()`, the calibration included), run the held-out calibration check and draw
+    loss.png."""
     ckpt_path, log_path = args.out / "checkpoint.pt", args.out / "log.jsonl"
     trajectories, cond = calibration_set(run_)
     note(f"train: calibrating the reverse-step noise on {trajectories.shape[0]} training "
@@ -275,7 +300,8 @@ def finish(args: argparse.Namespace, run_: Run, valid: Trajectories, valid_path:
         choice = choose_flow_correction(run_, model, fitted, valid, valid_cond)
         model.flow_correction = fitted if choice["kept"] else None
     end_state = run_.system.end_state_statistics(trajectories[:, -1].cpu())
-    save(run_, ckpt_path, _total(run_), skipped, noise, end_state, fitted, choice)
+    save(run_, ckpt_path, _total(run_), skipped, noise, end_state, fitted, choice,
+         train_seconds=seconds())
     check_held_out(args, run_, model, valid, valid_cond, choice)
     plots.loss_curve(args.out / "loss.png",
                      [json.loads(ln) for ln in log_path.read_text().splitlines() if ln])

@@ -129,7 +129,11 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--min-improvement", type=non_negative(float),
                    help="with --patience, the relative drop below the best validation loss "
                    "that counts as an improvement (default 0.001)")
-    p.add_argument("--save-every", type=positive(int), default=500)
+    p.add_argument("--save-every", type=positive(int), default=500,
+                   help="save a checkpoint every N updates (500)")
+    p.add_argument("--save-minutes", type=positive(float), default=10.0,
+                   help="and at least every M minutes of training (10): a killed run resumes "
+                   "from its last save")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--physics", choices=["true", "learned", "none"],
                    help="physics drift: the simulator, a network learned jointly, or none "
