@@ -108,6 +108,25 @@ def test_long_work_reports_progress_off_a_terminal(run: Path, tmp_path: Path,
         assert phase in err
 
 
+def test_time_left_is_extrapolated_by_cost_not_by_count(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two one-step updates took 10 s; the two 4-step updates left cost 8 units of the 2 done,
+    so 40 s are left (by count it would say 10 s). Resumed at update 2, only the updates of
+    this invocation count."""
+    from physdiff.cli import common
+    clock = iter([0.0, 1.0, 10.0, 10.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(common.sys.stderr, "isatty", lambda: False, raising=False)
+    bar = common.Progress("train", 4, every=5.0, cost=lambda i: [1, 1, 4, 4][i - 1])
+    bar.update(1)
+    bar.update(1)
+    assert "train: 2/4; 10 s elapsed, ~40 s left" in capsys.readouterr().err
+    clock = iter([0.0, 10.0])
+    resumed = common.Progress("train", 4, initial=2, cost=lambda i: [1, 1, 4, 4][i - 1])
+    resumed.n = 3
+    assert resumed.seconds_left() == pytest.approx(10.0 / 4 * 4)
+
+
 def test_held_out_check_is_written_and_flags_miscalibration(run: Path) -> None:
     """train.py writes calibration.json; the check calls samples made 5x too wide or 10x too
     narrow (the calibrated noise scaled) what they are, before any exact posterior is asked."""

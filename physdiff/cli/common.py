@@ -101,30 +101,41 @@ def read_observed_h5(path: Path, extras: Sequence[str] = (), all_extras: bool = 
 
 class Progress:
     """Progress of a long loop: a tqdm bar on a terminal; off a terminal (a log file, a batch
-    job) one line on stderr at most every `every` seconds, so long work is never silent."""
+    job) one line on stderr at most every `every` seconds, so long work is never silent.
 
-    def __init__(self, desc: str, total: int, initial: int = 0, every: float = 30.0) -> None:
+    `cost(i)`: the relative wall time of item i (1-based), where items differ (a 16-step rollout
+    update costs about 16 one-step ones); the time left is then extrapolated by cost, not by
+    count. It is read as the loop goes, so a total that changes (a stage ended early) is
+    followed."""
+
+    def __init__(self, desc: str, total: int, initial: int = 0, every: float = 30.0,
+                 cost: Callable[[int], float] | None = None) -> None:
         self.desc, self.total, self.n, self.every = desc, total, initial, every
+        self.cost = cost if cost is not None else (lambda i: 1.0)
         self.tty = sys.stderr.isatty()
         self.t0 = self.last = time.perf_counter()
         self.start = initial
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step") if self.tty else None
 
+    def seconds_left(self) -> float:
+        """Elapsed time per unit of cost done so far, times the cost still to do."""
+        done = sum(self.cost(i) for i in range(self.start + 1, self.n + 1))
+        left = sum(self.cost(i) for i in range(self.n + 1, self.total + 1))
+        return (time.perf_counter() - self.t0) / done * left if done else float("nan")
+
     def update(self, n: int = 1, **postfix: Any) -> None:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(**postfix)
+            if postfix:  # with the time left by cost (tqdm's own estimate goes by count)
+                self.bar.set_postfix(**postfix, left=f"{self.seconds_left():.0f} s")
             return
         now = time.perf_counter()
         if now - self.last >= self.every or self.n == self.total:
             self.last = now
-            done = self.n - self.start
-            eta = (now - self.t0) / done * (self.total - self.n) if done else float("nan")
             extra = "".join(f", {k} {v}" for k, v in postfix.items())
             print(f"{self.desc}: {self.n}/{self.total}{extra}; {now - self.t0:.0f} s elapsed, "
-                  f"~{eta:.0f} s left", file=sys.stderr, flush=True)
+                  f"~{self.seconds_left():.0f} s left", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

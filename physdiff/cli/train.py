@@ -64,7 +64,7 @@ from physdiff.io import write_text_atomic
 from physdiff.lock import hold
 from physdiff.model import Model, networks, reconstruct
 from physdiff.runtime import code_version, pick_device
-from physdiff.training import fit, load_checkpoint, save_checkpoint
+from physdiff.training import fit, load_checkpoint, save_checkpoint, stage_index
 
 __all__ = ["Batches", "Run", "loss_function", "main", "parse_stages", "parser", "setup"]
 
@@ -223,7 +223,10 @@ def _train(args: argparse.Namespace, world: World) -> None:
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
     saver = Saver(ckpt_path, args.save_every, args.save_minutes, base)
-    bar = Progress("train", _total(run_), initial=start) if world.main else None
+    # an update costs about as much as its rollout is long (one-step: 1)
+    bar = (Progress("train", _total(run_), initial=start,
+                    cost=lambda i: run_.stages[stage_index(run_.stages, i - 1)[0]].rollout)
+           if world.main else None)
     with log_path.open("a") if world.main else contextlib.nullcontext() as log:
         sync = UpdateSync(run_, world, interrupted)
         for metrics in fit(run_.params, sync.wrap(loss_function(run_)), run_.optimizer,
