@@ -20,6 +20,12 @@ seeds):
   mean smoke + scatter |k| < K    that, with the smoke's scatter around the mean (sample − mean)
   mean smoke + scatter |k| >= K   added back in the Fourier modes below, or from, K (8 and 16
                                   cells per 64): at which scales the scatter costs re-sim error;
+  truth + scatter                 the true state with each sample's smoke scatter added: what
+                                  the scatter costs on its own;
+  truth + white, scatter's bands  the same with white noise in the fluid cells filtered to the
+                                  scatter's power in each band (|k| < 8, 8-16, >= 16): equal
+                                  costs say the forward simulation treats the scatter as it
+                                  treats unstructured noise;
   truth                           the floor.
 
 Prints a table and writes smoke_resim.json beside smoke.json.
@@ -38,7 +44,7 @@ from common import print_table
 from smoke_trained import TrainedRun, trained_parser
 
 from physdiff.data import read
-from physdiff.metrics import low_pass
+from physdiff.metrics import band_pass, low_pass
 from physdiff.model import load_model, sample_posterior
 from physdiff.systems.smoke.system import mid_index
 
@@ -47,10 +53,13 @@ MODELS = {"true": ("physdiff", 3), "none": ("network only", 4)}
 SCALES = (8.0, 16.0)  # |k| at which the smoke's scatter is split (integer wavenumbers on 64²)
 
 
-def variants(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+def variants(samples: torch.Tensor, truth: torch.Tensor, fluid: torch.Tensor,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The states to re-simulate, each (B, n, 3, H, W): the samples, each channel group swapped
-    for the truth's, the sample mean (n = 1), and the samples with their smoke replaced by the
-    mean smoke plus the scatter at large or at small scales only (SCALES)."""
+    for the truth's, the sample mean (n = 1), the samples with their smoke replaced by the mean
+    smoke plus the scatter at large or at small scales only (SCALES), and the truth plus the
+    scatter or plus white noise with its power per band (fluid (B, 1, H, W): 1 outside
+    obstacles)."""
     true_n = truth[:, None].expand_as(samples)
     mean = samples.mean(1, keepdim=True)
     mean_smoke = mean[:, :, :1]
@@ -68,6 +77,13 @@ def variants(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tens
         low = low_pass(scatter, k)
         out[f"mean smoke + scatter |k| < {k:g}"] = with_smoke(mean_smoke + low)
         out[f"mean smoke + scatter |k| >= {k:g}"] = with_smoke(mean_smoke + scatter - low)
+    white = torch.randn(scatter.shape, generator=generator, device=scatter.device) * fluid[:, None]
+    like = sum(band_pass(white, lo, hi) * band_pass(scatter, lo, hi).square().mean().sqrt()
+               / band_pass(white, lo, hi).square().mean().sqrt()
+               for lo, hi in zip((0.0, *SCALES), (*SCALES, None), strict=True))
+    out["truth + scatter"] = torch.cat([true_n[:, :, :1] + scatter, true_n[:, :, 1:]], 2)
+    out["truth + white, scatter's bands"] = torch.cat([true_n[:, :, :1] + like,
+                                                       true_n[:, :, 1:]], 2)
     return out
 
 
@@ -82,9 +98,11 @@ def resim_rows(checkpoint: str, seed: int, test: Any, test_path: str, n: int, ba
     gen = torch.Generator(device).manual_seed(seed)
     samples = sample_posterior(model, x_T, n, gen, batch_size=batch_size, condition=cond,
                                keep=(mid,), stop=mid)[:, :, 0]
-    return {name: model.system.evaluate(truth, x_T, samples=states, condition=cond,
+    fluid = 1 - model.system.mask(cond).to(samples)
+    states = variants(samples, truth, fluid, torch.Generator(device).manual_seed(seed))
+    return {name: model.system.evaluate(truth, x_T, samples=x, condition=cond,
                                         index=mid)["resim_mse"]
-            for name, states in {**variants(samples, truth), "truth": truth[:, None]}.items()}
+            for name, x in {**states, "truth": truth[:, None]}.items()}
 
 
 def main() -> None:

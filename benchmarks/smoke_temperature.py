@@ -58,7 +58,25 @@ def scored(model: Any, valid: Any, cond: torch.Tensor, scale: float, args: argpa
     row = model.system.evaluate(truth, x_T, samples=samples, condition=cond, index=mid)
     per_sample = metrics.mse(samples, truth[:, None].expand_as(samples))
     row["spread_skill_all_channels"] = per_sample / metrics.mse(samples.mean(1), truth)
-    return row
+    return row | band_spread_skill(samples[:, :, 0], truth[:, 0])
+
+
+# scale bands of the smoke, |k| on the 64² grid: as smoke_resim.py splits the scatter
+BANDS = ((0, 8), (8, 16), (16, None))
+
+
+def band_spread_skill(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """The smoke's spread-skill ratio in each band of Fourier modes (BANDS), with the samples'
+    power there over the truth's: where a posterior too narrow or too wide in total is so.
+    samples (B, n, H, W), truth (B, H, W)."""
+    out = {}
+    for lo, hi in BANDS:
+        s, t = metrics.band_pass(samples, lo, hi), metrics.band_pass(truth, lo, hi)
+        name = f"k{lo}-{hi}" if hi is not None else f"k{lo}+"
+        out[f"spread_skill_smoke_{name}"] = (metrics.mse(s, t[:, None].expand_as(s))
+                                             / metrics.mse(s.mean(1), t))
+        out[f"power_ratio_smoke_{name}"] = float(s.square().mean() / t.square().mean())
+    return out
 
 
 def main() -> None:
@@ -77,7 +95,9 @@ def main() -> None:
     print_table(rows, [("mse_per_sample", "MSE/sample", "{:.5f}"),
                        ("velocity_mse_per_sample", "vel MSE/smp", "{:.5f}"),
                        ("resim_mse", "re-sim MSE", "{:.5f}"),
-                       ("spread_skill_all_channels", "spread-skill", "{:.3f}")], name_width=28)
+                       ("spread_skill_all_channels", "spread-skill", "{:.3f}"),
+                       *[(f"spread_skill_smoke_{b}", f"smoke s-s {b}", "{:.3f}")
+                         for b in ("k0-8", "k8-16", "k16+")]], name_width=28)
     print(f"validation cases: {valid.x.shape[0]}; t = 0.35; spread-skill nominal "
           f"2n/(n+1) = {nominal:.3f}")
     run.write("smoke_temperature", args, {

@@ -12,6 +12,7 @@ from torch import Tensor
 __all__ = [
     "BANDS",
     "band_masks",
+    "band_pass",
     "band_variance_ratio",
     "bootstrap_ratios",
     "distance_over_spread",
@@ -70,6 +71,13 @@ def low_pass(x: Tensor, k_max: float) -> Tensor:
     h, w = x.shape[-2:]
     keep = _abs_k(h, w, x.device) < k_max
     return torch.fft.ifft2(torch.fft.fft2(x.double()) * keep).real.to(x.dtype)
+
+
+def band_pass(x: Tensor, lo: float, hi: float | None = None) -> Tensor:
+    """The part of fields x (..., H, W) in the Fourier modes with lo ≤ |k| < hi (no upper bound
+    for hi None); bands that meet at their bounds add up to x."""
+    upper = x if hi is None else low_pass(x, hi)
+    return upper - low_pass(x, lo)
 
 
 def band_masks(h: int, w: int, bands: tuple[tuple[float, float], ...] = BANDS) -> list[Tensor]:

@@ -11,6 +11,7 @@ from torch import Tensor
 from physdiff.metrics import (
     BANDS,
     band_masks,
+    band_pass,
     band_variance_ratio,
     distance_over_spread,
     fourier_components,
@@ -340,3 +341,19 @@ def test_low_pass_keeps_the_modes_below_k_max_and_splits_a_field_exactly() -> No
                                rtol=0)  # |k| = 3 is not below 3
     noise = torch.randn(2, 3, h, w, generator=_gen(5), dtype=torch.float64)
     assert (low_pass(noise, 7.5) * (noise - low_pass(noise, 7.5))).sum((-2, -1)).abs().max() < 1e-9
+
+
+def test_band_pass_picks_one_wave_and_the_bands_add_up_to_the_field() -> None:
+    """Waves at |k| = 3, 10 and 20 on 64²: the band [8, 16) holds the |k| = 10 wave alone, [16,
+    none) the |k| = 20 one; bands [0, 8), [8, 16), [16, none) of noise sum to the noise."""
+    n = 64
+    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64),
+                          torch.arange(n, dtype=torch.float64), indexing="ij")
+    waves = [torch.cos(2 * math.pi * k * x / n) for k in (3, 10)] + [
+        torch.sin(2 * math.pi * 20 * y / n)]
+    field = sum(waves)[None]
+    torch.testing.assert_close(band_pass(field, 8, 16)[0], waves[1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(band_pass(field, 16)[0], waves[2], atol=1e-12, rtol=0)
+    noise = torch.randn(3, n, n, generator=_gen(6), dtype=torch.float64)
+    total = band_pass(noise, 0, 8) + band_pass(noise, 8, 16) + band_pass(noise, 16)
+    torch.testing.assert_close(total, noise, atol=1e-12, rtol=0)
