@@ -96,7 +96,7 @@ def main() -> None:
                        ("velocity_mse_per_sample", "vel MSE/smp", "{:.5f}"),
                        ("resim_mse", "re-sim MSE", "{:.5f}"),
                        ("spread_skill_all_channels", "spread-skill", "{:.3f}"),
-                       *[(f"spread_skill_smoke_{b}", f"smoke s-s {b}", "{:.3f}")
+                       *[(f"spread_skill_smoke_{b}", f"s-s {b}", "{:.3f}")
                          for b in ("k0-8", "k8-16", "k16+")]], name_width=28)
     print(f"validation cases: {valid.x.shape[0]}; t = 0.35; spread-skill nominal "
           f"2n/(n+1) = {nominal:.3f}")
