@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p = trained_parser(__doc__, n_samples=16, seed=3)
     p.add_argument("--scales", type=comma_list(positive(float)), default="1,0.8,0.6",
                    help="comma-separated factors on the reverse noise's standard deviation")
-    p.add_argument("--limit", type=int, default=20, help="validation cases (20)")
+    p.add_argument("--limit", type=positive(int), default=20, help="validation cases (20)")
     return p
 
 
