@@ -215,3 +215,17 @@ def test_comma_lists_read_each_value_by_its_rule_and_name_the_bad_one() -> None:
             parse(text)
         assert bad in str(err.value) and repr(text) in str(err.value)
         assert len(str(err.value).splitlines()) == 1
+
+
+def test_commands_read_the_code_version_when_they_start() -> None:
+    """A training of hours records the commit it started from, not one checked out before its
+    first save: the CLI runner fills code_version's cache before the command's work."""
+    import argparse
+
+    from physdiff.cli.common import run
+    from physdiff.runtime import code_version
+    code_version.cache_clear()
+    seen: list[int] = []
+    run(lambda args: seen.append(code_version.cache_info().currsize),
+        argparse.ArgumentParser(prog="x"), [])
+    assert seen == [1]

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from physdiff.checks import UsageError, comma_list, finite, non_negative, positive
 from physdiff.data import DataError
+from physdiff.runtime import code_version
 from physdiff.training import CheckpointError
 
 __all__ = [
@@ -39,6 +40,7 @@ def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentPar
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     one_line_errors(parser)
     args = parser.parse_args(argv)
+    code_version()  # read now (cached): a run of hours records the code it started with
     try:
         main(args)
     except (UsageError, DataError, CheckpointError, ValueError, OSError) as err:
