@@ -117,14 +117,23 @@ def test_time_left_is_extrapolated_by_cost_not_by_count(
     clock = iter([0.0, 1.0, 10.0, 10.0])
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(common.sys.stderr, "isatty", lambda: False, raising=False)
-    bar = common.Progress("train", 4, every=5.0, cost=lambda i: [1, 1, 4, 4][i - 1])
+    cost = [0, 1, 2, 6, 10].__getitem__  # of updates 1..i: 1, 1, 4 and 4 each
+    bar = common.Progress("train", 4, every=5.0, cost=cost)
     bar.update(1)
     bar.update(1)
     assert "train: 2/4; 10 s elapsed, ~40 s left" in capsys.readouterr().err
     clock = iter([0.0, 10.0])
-    resumed = common.Progress("train", 4, initial=2, cost=lambda i: [1, 1, 4, 4][i - 1])
+    resumed = common.Progress("train", 4, initial=2, cost=cost)
     resumed.n = 3
     assert resumed.seconds_left() == pytest.approx(10.0 / 4 * 4)
+
+
+def test_training_progress_weighs_updates_by_rollout_length() -> None:
+    """Curriculum 1:2,4:3: the first two updates cost 1 each, the next three 4 each, and a count
+    past the end adds nothing."""
+    from physdiff.cli.train import _cost, parse_stages
+    stages = parse_stages("1:2,4:3", 1.0)
+    assert [_cost(stages, i) for i in (0, 1, 2, 4, 5, 9)] == [0, 1, 2, 10, 14, 14]
 
 
 def test_held_out_check_is_written_and_flags_miscalibration(run: Path) -> None:

@@ -105,15 +105,15 @@ class Progress:
     """Progress of a long loop: a tqdm bar on a terminal; off a terminal (a log file, a batch
     job) one line on stderr at most every `every` seconds, so long work is never silent.
 
-    `cost(i)`: the relative wall time of item i (1-based), where items differ (a 16-step rollout
-    update costs about 16 one-step ones); the time left is then extrapolated by cost, not by
-    count. It is read as the loop goes, so a total that changes (a stage ended early) is
+    `cost(i)`: the relative wall time of items 1..i together, where items differ (a 16-step
+    rollout update costs about 16 one-step ones); the time left is then extrapolated by cost,
+    not by count. It is read as the loop goes, so a total that changes (a stage ended early) is
     followed."""
 
     def __init__(self, desc: str, total: int, initial: int = 0, every: float = 30.0,
                  cost: Callable[[int], float] | None = None) -> None:
         self.desc, self.total, self.n, self.every = desc, total, initial, every
-        self.cost = cost if cost is not None else (lambda i: 1.0)
+        self.cost = cost if cost is not None else float  # by count: i items cost i
         self.tty = sys.stderr.isatty()
         self.t0 = self.last = time.perf_counter()
         self.start = initial
@@ -121,8 +121,8 @@ class Progress:
 
     def seconds_left(self) -> float:
         """Elapsed time per unit of cost done so far, times the cost still to do."""
-        done = sum(self.cost(i) for i in range(self.start + 1, self.n + 1))
-        left = sum(self.cost(i) for i in range(self.n + 1, self.total + 1))
+        done = self.cost(self.n) - self.cost(self.start)
+        left = self.cost(self.total) - self.cost(self.n)
         return (time.perf_counter() - self.t0) / done * left if done else float("nan")
 
     def update(self, n: int = 1, **postfix: Any) -> None:

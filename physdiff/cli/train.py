@@ -64,7 +64,7 @@ from physdiff.io import write_text_atomic
 from physdiff.lock import hold
 from physdiff.model import Model, networks, reconstruct
 from physdiff.runtime import code_version, pick_device
-from physdiff.training import fit, load_checkpoint, save_checkpoint, stage_index
+from physdiff.training import Stage, fit, load_checkpoint, save_checkpoint
 
 __all__ = ["Batches", "Run", "loss_function", "main", "parse_stages", "parser", "setup"]
 
@@ -223,9 +223,7 @@ def _train(args: argparse.Namespace, world: World) -> None:
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     step, t0 = start, time.perf_counter()
     saver = Saver(ckpt_path, args.save_every, args.save_minutes, base)
-    # an update costs about as much as its rollout is long (one-step: 1)
-    bar = (Progress("train", _total(run_), initial=start,
-                    cost=lambda i: run_.stages[stage_index(run_.stages, i - 1)[0]].rollout)
+    bar = (Progress("train", _total(run_), initial=start, cost=lambda i: _cost(run_.stages, i))
            if world.main else None)
     with log_path.open("a") if world.main else contextlib.nullcontext() as log:
         sync = UpdateSync(run_, world, interrupted)
@@ -275,6 +273,16 @@ def _conclude(args: argparse.Namespace, run_: Run, step: int, skipped: int, save
     print(f"trained {total} updates ({skipped} skipped as non-finite{ended}) in "
           f"{time.perf_counter() - t0:.0f} s; validation one-step loss {validate():.4f}; "
           f"checkpoint {ckpt_path}")
+
+
+def _cost(stages: list[Stage], updates: int) -> float:
+    """The relative wall time of the first `updates` updates of a curriculum: an update costs
+    about as much as its rollout is long (one-step: 1)."""
+    cost, first = 0.0, 0
+    for stage in stages:
+        cost += stage.rollout * min(max(updates - first, 0), stage.steps)
+        first += stage.steps
+    return cost
 
 
 def _total(run_: Run) -> int:
