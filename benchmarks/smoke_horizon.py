@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 from common import print_table
-from smoke_trained import TrainedRun, trained_parser
+from smoke_trained import SCALES, TrainedRun, trained_parser
 
 from physdiff.data import read
-from physdiff.metrics import low_pass
+from physdiff.metrics import band_pass
 from physdiff.model import load_model, sample_posterior
 
 KEEP = (35, 40, 45, 50, 55, 60, 63)  # forward time indices; t = index · dt
-FINE = 16.0  # |k| from which the smoke's error counts as fine-scale
+FINE = SCALES[-1]  # |k| from which the smoke's error counts as fine-scale
 
 
 def scored(system: Any, truth: torch.Tensor, x_T: torch.Tensor, samples: torch.Tensor,
@@ -42,7 +42,7 @@ def scored(system: Any, truth: torch.Tensor, x_T: torch.Tensor, samples: torch.T
     the smoke's MSE per sample in the modes |k| >= FINE."""
     out = system.evaluate(truth, x_T, samples=samples, condition=cond, index=index)
     error = samples[:, :, 0] - truth[:, None, 0]
-    fine = error - low_pass(error, FINE)
+    fine = band_pass(error, FINE)
     out["fine_share"] = fine.double().square().mean().item() / out["mse_per_sample"]
     return out
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 from common import print_table
-from smoke_trained import TrainedRun, trained_parser
+from smoke_trained import BANDS, SCALES, TrainedRun, trained_parser
 
 from physdiff.data import read
 from physdiff.metrics import band_pass, low_pass
@@ -50,7 +50,6 @@ from physdiff.systems.smoke.system import mid_index
 
 # the models, with benchmarks/smoke.py's sampling seeds (so that "sample" repeats its number)
 MODELS = {"true": ("physdiff", 3), "none": ("network only", 4)}
-SCALES = (8.0, 16.0)  # |k| at which the smoke's scatter is split (integer wavenumbers on 64²)
 
 
 def variants(samples: torch.Tensor, truth: torch.Tensor, fluid: torch.Tensor,
@@ -78,9 +77,11 @@ def variants(samples: torch.Tensor, truth: torch.Tensor, fluid: torch.Tensor,
         out[f"mean smoke + scatter |k| < {k:g}"] = with_smoke(mean_smoke + low)
         out[f"mean smoke + scatter |k| >= {k:g}"] = with_smoke(mean_smoke + scatter - low)
     white = torch.randn(scatter.shape, generator=generator, device=scatter.device) * fluid[:, None]
-    like = sum(band_pass(white, lo, hi) * band_pass(scatter, lo, hi).square().mean().sqrt()
-               / band_pass(white, lo, hi).square().mean().sqrt()
-               for lo, hi in zip((0.0, *SCALES), (*SCALES, None), strict=True))
+    like = torch.zeros_like(scatter)
+    for lo, hi in BANDS:  # white noise with the scatter's power in each band
+        band = band_pass(white, lo, hi)
+        like += (band * band_pass(scatter, lo, hi).square().mean().sqrt()
+                 / band.square().mean().sqrt())
     out["truth + scatter"] = torch.cat([true_n[:, :, :1] + scatter, true_n[:, :, 1:]], 2)
     out["truth + white, scatter's bands"] = torch.cat([true_n[:, :, :1] + like,
                                                        true_n[:, :, 1:]], 2)

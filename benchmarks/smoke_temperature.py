@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from common import print_table
-from smoke_trained import TrainedRun, trained_parser
+from smoke_trained import BANDS, TrainedRun, trained_parser
 
 from physdiff import metrics
 from physdiff.checks import comma_list, positive
@@ -61,10 +61,6 @@ def scored(model: Any, valid: Any, cond: torch.Tensor, scale: float, args: argpa
     return row | band_spread_skill(samples[:, :, 0], truth[:, 0])
 
 
-# scale bands of the smoke, |k| on the 64² grid: as smoke_resim.py splits the scatter
-BANDS = ((0, 8), (8, 16), (16, None))
-
-
 def band_spread_skill(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """The smoke's spread-skill ratio in each band of Fourier modes (BANDS), with the samples'
     power there over the truth's: where a posterior too narrow or too wide in total is so.
@@ -72,11 +68,15 @@ def band_spread_skill(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, f
     out = {}
     for lo, hi in BANDS:
         s, t = metrics.band_pass(samples, lo, hi), metrics.band_pass(truth, lo, hi)
-        name = f"k{lo}-{hi}" if hi is not None else f"k{lo}+"
+        name = _band_name(lo, hi)
         out[f"spread_skill_smoke_{name}"] = (metrics.mse(s, t[:, None].expand_as(s))
                                              / metrics.mse(s.mean(1), t))
         out[f"power_ratio_smoke_{name}"] = float(s.square().mean() / t.square().mean())
     return out
+
+
+def _band_name(lo: int, hi: int | None) -> str:
+    return f"k{lo}-{hi}" if hi is not None else f"k{lo}+"
 
 
 def main() -> None:
@@ -96,8 +96,9 @@ def main() -> None:
                        ("velocity_mse_per_sample", "vel MSE/smp", "{:.5f}"),
                        ("resim_mse", "re-sim MSE", "{:.5f}"),
                        ("spread_skill_all_channels", "spread-skill", "{:.3f}"),
-                       *[(f"spread_skill_smoke_{b}", f"s-s {b}", "{:.3f}")
-                         for b in ("k0-8", "k8-16", "k16+")]], name_width=28)
+                       *[(f"spread_skill_smoke_{_band_name(lo, hi)}",
+                          f"s-s {_band_name(lo, hi)}", "{:.3f}") for lo, hi in BANDS]],
+                name_width=28)
     print(f"validation cases: {valid.x.shape[0]}; t = 0.35; spread-skill nominal "
           f"2n/(n+1) = {nominal:.3f}")
     run.write("smoke_temperature", args, {

@@ -18,6 +18,11 @@ from physdiff.checks import non_negative
 from physdiff.io import write_text_atomic
 from physdiff.runtime import code_version, pick_device
 
+# |k| on the 64² grid at which the diagnostics split the smoke into scales (wavelengths of 8 and
+# 4 cells), and the bands between them: |k| < 8, 8-16, >= 16 (None: no upper bound)
+SCALES = (8, 16)
+BANDS = tuple(zip((0, *SCALES), (*SCALES, None), strict=True))
+
 
 def trained_parser(doc: str, n_samples: int, seed: int) -> argparse.ArgumentParser:
     """The flags of the scripts that score the models smoke.py trained (no training): which
