@@ -54,10 +54,13 @@ def base_parser(doc: str, n_samples: int, batch_size: int) -> argparse.ArgumentP
 
 def script(*argv: str, threads: int | None = None) -> float:
     """Run one of the project's scripts (with `threads` torch / OpenMP threads if given); return
-    its wall time."""
+    its wall time. If it fails, exit with one line naming it: the script has printed its own
+    error already, and a traceback of this process would bury it."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, env=env)
+    rc = subprocess.run([sys.executable, *argv], check=False, cwd=ROOT, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"{' '.join(argv)} failed (exit status {rc}); its error is above")
     return time.perf_counter() - t0
 
 

@@ -316,3 +316,22 @@ def test_long_stages_save_by_time_and_training_seconds_add_up_over_invocations(
     torch.save({k: v for k, v in state.items() if k != "finish"}, tmp_path / "a/checkpoint.pt")
     train.main([*argv, "--resume"])
     assert torch.load(tmp_path / "a/checkpoint.pt", weights_only=True)["train_seconds"] is None
+
+
+def test_a_benchmarks_failed_script_ends_it_with_one_line(tmp_path: Path,
+                                                          capfd: pytest.CaptureFixture) -> None:
+    """A benchmark whose generate.py / train.py fails stops with one line naming the command,
+    after the script's own error, not with a traceback of the subprocess call."""
+    import importlib
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        common = importlib.import_module("common")
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit) as info:
+        common.script("generate.py", "--recipe", str(tmp_path / "missing.json"), "--out",
+                      str(tmp_path / "d"))
+    message = str(info.value.code)
+    assert "\n" not in message and "generate.py --recipe" in message and "exit status 2" in message
+    assert "missing.json" in capfd.readouterr().err  # the script's own error came first
