@@ -64,27 +64,29 @@ def variants(samples: torch.Tensor, truth: torch.Tensor, fluid: torch.Tensor,
     mean_smoke = mean[:, :, :1]
     scatter = samples[:, :, :1] - mean_smoke
 
-    def with_smoke(smoke: torch.Tensor) -> torch.Tensor:
-        return torch.cat([smoke.expand_as(samples[:, :, :1]), samples[:, :, 1:]], 2)
+    def state(smoke: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        """One state per sample from a smoke (broadcast over the samples) and velocities."""
+        return torch.cat([smoke.expand_as(samples[:, :, :1]), velocity], 2)
 
+    true_velocity, sample_velocity = true_n[:, :, 1:], samples[:, :, 1:]
     out = {"sample": samples,
-           "sample smoke, true velocity": torch.cat([samples[:, :, :1], true_n[:, :, 1:]], 2),
-           "true smoke, sample velocity": torch.cat([true_n[:, :, :1], samples[:, :, 1:]], 2),
+           "sample smoke, true velocity": state(samples[:, :, :1], true_velocity),
+           "true smoke, sample velocity": state(true_n[:, :, :1], sample_velocity),
            "mean of the samples": mean,
-           "mean smoke, sample velocity": with_smoke(mean_smoke)}
+           "mean smoke, sample velocity": state(mean_smoke, sample_velocity)}
     for k in SCALES:
         low = low_pass(scatter, k)
-        out[f"mean smoke + scatter |k| < {k:g}"] = with_smoke(mean_smoke + low)
-        out[f"mean smoke + scatter |k| >= {k:g}"] = with_smoke(mean_smoke + scatter - low)
+        out[f"mean smoke + scatter |k| < {k:g}"] = state(mean_smoke + low, sample_velocity)
+        out[f"mean smoke + scatter |k| >= {k:g}"] = state(mean_smoke + scatter - low,
+                                                          sample_velocity)
     white = torch.randn(scatter.shape, generator=generator, device=scatter.device) * fluid[:, None]
     like = torch.zeros_like(scatter)
     for lo, hi in BANDS:  # white noise with the scatter's power in each band
         band = band_pass(white, lo, hi)
         like += (band * band_pass(scatter, lo, hi).square().mean().sqrt()
                  / band.square().mean().sqrt())
-    out["truth + scatter"] = torch.cat([true_n[:, :, :1] + scatter, true_n[:, :, 1:]], 2)
-    out["truth + white, scatter's bands"] = torch.cat([true_n[:, :, :1] + like,
-                                                       true_n[:, :, 1:]], 2)
+    out["truth + scatter"] = state(true_n[:, :, :1] + scatter, true_velocity)
+    out["truth + white, scatter's bands"] = state(true_n[:, :, :1] + like, true_velocity)
     return out
 
 
