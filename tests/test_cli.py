@@ -322,13 +322,7 @@ def test_a_benchmarks_failed_script_ends_it_with_one_line(tmp_path: Path,
                                                           capfd: pytest.CaptureFixture) -> None:
     """A benchmark whose generate.py / train.py fails stops with one line naming the command,
     after the script's own error, not with a traceback of the subprocess call."""
-    import importlib
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        common = importlib.import_module("common")
-    finally:
-        sys.path.pop(0)
+    from benchmarks import common
     with pytest.raises(SystemExit) as info:
         common.script("generate.py", "--recipe", str(tmp_path / "missing.json"), "--out",
                       str(tmp_path / "d"))
